@@ -1,0 +1,261 @@
+"""The ``MetaLearner`` interface and the torch.func machinery the algorithms share.
+
+Every algorithm is an ``nn.Module`` that owns the network (and any other meta-parameters, such as
+Meta-SGD's step sizes), so one optimizer, one ``state_dict`` and one ``.to(device)`` serve them all.
+The trainer only calls :meth:`MetaLearner.meta_gradient` and :meth:`MetaLearner.evaluate`.
+
+Parameters adapted to the tasks of a meta-batch are held *batched*: a dict of tensors whose
+leading dimension is the task. One inner SGD step on all tasks runs by one of three strategies,
+all exact and all differentiable to any order:
+
+- ``vmap``: ``torch.func.vmap`` over ``torch.func.grad`` of the per-task loss;
+- ``batched``: a ``vmap``-ed forward, then one ``torch.autograd.grad`` of the summed task losses
+  with respect to the batched parameters (tasks are independent, so that is every task's gradient);
+- ``loop``: one task at a time with ``torch.autograd.grad`` (fastest where vmap turns convolutions
+  into slow grouped kernels, e.g. many query images per task on CPU).
+
+``auto`` times each on the first meta-batch and keeps the fastest (the choice is saved in the
+``state_dict``, so a resumed run computes exactly as before). ``chunk_size`` bounds memory by
+running the meta-batch in chunks and accumulating the meta-gradient, exact because the meta-loss
+is a mean over tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from mamlrun.data.tasks import TaskBatch
+from mamlrun.errors import MamlrunError
+
+Params = dict[str, torch.Tensor]
+STRATEGIES = ("auto", "vmap", "batched", "loop")
+
+
+class MetaLearner(nn.Module):
+    """What the trainer knows of an algorithm.
+
+    Subclasses implement :meth:`meta_gradient`; evaluation (fine-tune on the support set, measure on
+    the query set after every inner step) is shared.
+
+    Args:
+        model: a network whose forward works under ``functional_call`` and ``vmap``.
+        task_type: ``"regression"`` (MSE) or ``"classification"`` (cross-entropy and accuracy).
+        inner_lr: step size alpha of the inner SGD updates.
+        inner_steps: inner updates during meta-training.
+        test_inner_steps: inner updates at validation/test time (metrics are kept after every one).
+        first_order: drop the second-order term of the meta-gradient.
+        chunk_size: tasks per chunk of the meta-batch (``None``: the whole meta-batch at once).
+        strategy: one of ``auto``, ``vmap``, ``batched``, ``loop`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task_type: str,
+        inner_lr: float,
+        inner_steps: int,
+        test_inner_steps: int,
+        first_order: bool = False,
+        chunk_size: int | None = None,
+        strategy: str = "auto",
+    ) -> None:
+        super().__init__()
+        if task_type not in ("regression", "classification"):
+            raise MamlrunError(f"unknown task type {task_type!r}")
+        if strategy not in STRATEGIES:
+            raise MamlrunError(f"hardware.strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+        self.model = model
+        self.task_type = task_type
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.test_inner_steps = int(test_inner_steps)
+        self.first_order = bool(first_order)
+        self.chunk_size = int(chunk_size) if chunk_size else None
+        self.strategy = strategy
+        self.chosen_strategy: str | None = None if strategy == "auto" else strategy
+        self.strategy_timings: dict[str, float] = {}
+
+    @property
+    def stat_names(self) -> tuple[str, ...]:
+        return ("loss", "acc") if self.task_type == "classification" else ("loss",)
+
+    # -- what the trainer calls -------------------------------------------------------------
+    def meta_gradient(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Accumulate the meta-gradient of ``batch`` into ``.grad`` of the meta-parameters.
+
+        Returns detached training statistics (``loss`` and, for classification, ``acc``), kept on
+        the device so that the hot loop never waits for a host copy.
+        """
+        if self.chosen_strategy is None:
+            self.chosen_strategy = self._calibrate(batch)
+        return self.task_gradient(batch)
+
+    def task_gradient(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """The algorithm's meta-gradient with ``self.chosen_strategy`` (implemented by subclasses)."""
+        raise NotImplementedError
+
+    def evaluate(self, batch: TaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Fine-tune on each task's support set; query metrics after 0..steps inner updates.
+
+        Returns ``loss`` (and ``acc`` for classification) of shape ``[steps + 1, tasks]``.
+        """
+        steps = self.test_inner_steps if steps is None else steps
+        out = [self.query_metrics(p, batch.x_query, batch.y_query) for p in self._adaptation(batch, steps)]
+        return {name: torch.stack([o[i] for o in out]).detach() for i, name in enumerate(self.stat_names)}
+
+    def predictions(self, batch: TaskBatch, steps: int) -> torch.Tensor:
+        """Outputs on ``batch.x_query`` after 0..steps inner updates: ``[steps + 1, tasks, n, out]``."""
+        forward = vmap(self.forward_with)
+        return torch.stack([forward(p, batch.x_query).detach() for p in self._adaptation(batch, steps)])
+
+    def _adaptation(self, batch: TaskBatch, steps: int):
+        """Batched parameters before and after each of ``steps`` first-order inner updates."""
+        if self.chosen_strategy is None:
+            self.chosen_strategy = "vmap" if self.strategy == "auto" else self.strategy
+        meta = self.detached_meta()
+        params = self.expand(meta["params"], batch.num_tasks)
+        yield params
+        for _ in range(steps):
+            params = {k: v.detach() for k, v in self.inner_step(meta, params, batch.x_support,
+                                                                batch.y_support, first_order=True).items()}
+            yield params
+
+    # -- functional pieces ------------------------------------------------------------------
+    def meta_state(self) -> dict[str, Params]:
+        """The meta-parameters as the functional code sees them (``params`` plus extras)."""
+        return {"params": dict(self.model.named_parameters())}
+
+    def detached_meta(self) -> dict[str, Params]:
+        return {k: {n: t.detach() for n, t in v.items()} for k, v in self.meta_state().items()}
+
+    def step_size(self, meta: dict[str, Params], name: str) -> torch.Tensor | float:
+        """The inner step size for parameter ``name`` (a scalar; Meta-SGD learns a tensor)."""
+        return self.inner_lr
+
+    def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, params, (x,))
+
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.forward_with(params, x)
+        return F.cross_entropy(out, y) if self.task_type == "classification" else F.mse_loss(out, y)
+
+    def metrics(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Loss (and accuracy) of one task's examples."""
+        out = self.forward_with(params, x)
+        if self.task_type == "classification":
+            return F.cross_entropy(out, y), (out.argmax(-1) == y).to(out.dtype).mean()
+        return (F.mse_loss(out, y),)
+
+    @staticmethod
+    def expand(params: Params, num_tasks: int) -> Params:
+        """One copy of ``params`` per task (a broadcast view: gradients flow back to the original)."""
+        return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
+
+    def inner_step(self, meta: dict[str, Params], params: Params, x: torch.Tensor, y: torch.Tensor,
+                   first_order: bool) -> Params:
+        """One SGD step on every task: ``theta'_i = theta_i - alpha * grad L_i(theta_i)``.
+
+        ``params`` and the returned dict are batched over tasks. The step stays differentiable for
+        the enclosing autograd (second order) unless ``first_order`` (FOMAML), which treats the
+        inner gradient as a constant.
+        """
+        strategy = self.chosen_strategy
+        if strategy == "vmap":
+            def one(p, xt, yt):
+                g = grad(self.loss)(p, xt, yt)
+                return {k: g[k].detach() if first_order else g[k] for k in g}
+
+            grads = vmap(one)(params, x, y)
+        else:
+            names = list(params)
+            needs_graph = torch.is_grad_enabled() and any(v.requires_grad for v in params.values())
+            if not needs_graph:  # evaluation: differentiate a fresh leaf copy
+                params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+            with torch.enable_grad():
+                if strategy == "batched":
+                    total = vmap(self.loss)(params, x, y).sum()
+                    flat = torch.autograd.grad(total, [params[k] for k in names],
+                                               create_graph=not first_order and needs_graph, retain_graph=True)
+                else:
+                    per_task = []
+                    for t in range(x.shape[0]):
+                        p_t = {k: params[k][t] for k in names}
+                        per_task.append(torch.autograd.grad(self.loss(p_t, x[t], y[t]), list(p_t.values()),
+                                                            create_graph=not first_order and needs_graph,
+                                                            retain_graph=True))
+                    flat = [torch.stack(gs) for gs in zip(*per_task)]
+            grads = dict(zip(names, flat))
+            if not needs_graph:
+                params = {k: v.detach() for k, v in params.items()}
+        # A learned step size (Meta-SGD) has the parameter's shape and broadcasts over tasks.
+        return {k: p - self.step_size(meta, k) * grads[k] for k, p in params.items()}
+
+    def adapt(self, meta: dict[str, Params], x: torch.Tensor, y: torch.Tensor, steps: int,
+              first_order: bool) -> Params:
+        """``steps`` inner updates from the meta-parameters on every task of ``x``, ``y``."""
+        params = self.expand(meta["params"], x.shape[0])
+        for _ in range(steps):
+            params = self.inner_step(meta, params, x, y, first_order)
+        return params
+
+    def query_metrics(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-task metrics of batched ``params`` on ``x``, ``y``: each a ``[tasks]`` tensor."""
+        if self.chosen_strategy == "loop":
+            per_task = [self.metrics({k: v[t] for k, v in params.items()}, x[t], y[t]) for t in range(x.shape[0])]
+            return tuple(torch.stack(m) for m in zip(*per_task))
+        return vmap(self.metrics)(params, x, y)
+
+    def accumulate(self, objective: Callable[[TaskBatch], tuple[torch.Tensor, ...]],
+                   batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Backpropagate the mean over tasks of ``objective``'s first output, chunk by chunk.
+
+        Each chunk's graph is freed after its backward, so memory is bounded by ``chunk_size``
+        tasks whatever the meta-batch size.
+        """
+        total, stats = batch.num_tasks, []
+        for chunk in batch.chunks(self.chunk_size):
+            results = objective(chunk)
+            (results[0].sum() / total).backward()
+            stats.append(torch.stack([r.detach().sum() for r in results]))
+        return dict(zip(self.stat_names, torch.stack(stats).sum(0) / total))
+
+    # -- choosing a strategy ----------------------------------------------------------------
+    def _calibrate(self, batch: TaskBatch) -> str:
+        """Time every strategy on ``batch`` (after one warm-up call each); keep the fastest.
+
+        Gradients computed here are discarded: ``.grad`` is restored afterwards.
+        """
+        saved = {n: None if p.grad is None else p.grad.clone() for n, p in self.named_parameters()}
+        timings = {}
+        for candidate in STRATEGIES[1:]:
+            self.chosen_strategy = candidate
+            elapsed = []
+            for _ in range(2):
+                _sync(batch.x_support)
+                start = time.perf_counter()
+                self.task_gradient(batch)
+                _sync(batch.x_support)
+                elapsed.append(time.perf_counter() - start)
+            timings[candidate] = elapsed[-1]
+        for n, p in self.named_parameters():
+            p.grad = saved[n]
+        self.strategy_timings = timings
+        return min(timings, key=timings.get)
+
+    def get_extra_state(self) -> dict:
+        return {"chosen_strategy": self.chosen_strategy}
+
+    def set_extra_state(self, state: dict) -> None:
+        if self.strategy == "auto" and state.get("chosen_strategy"):
+            self.chosen_strategy = state["chosen_strategy"]
+
+
+def _sync(t: torch.Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)

@@ -1,0 +1,229 @@
+"""The ``mamlrun`` command: validate, seed, build, train, evaluate, return the metric.
+
+Hydra composes ``conf/`` (shipped with the package). Before Hydra creates any run directory,
+every override combination the command asks for is composed and validated, so a bad config ends
+with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mamlrun.config import DTYPES, build, select_device, validate
+from mamlrun.errors import MamlrunError
+from mamlrun.logging import MetricLogger, rank
+from mamlrun.train import Schedule, Trainer, evaluate, objective_key, write_json
+
+CONF_DIR = (Path(__file__).parent / "conf").resolve()
+# Flags after which Hydra only prints information: leave those to Hydra itself.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+              "--version", "--resolve", "--experimental-rerun"}
+VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--package", "-p"}
+MAX_CHECKED_JOBS = 64
+
+
+def error(message: str) -> None:
+    print(f"mamlrun: error: {message}", file=sys.stderr)
+
+
+def one_line(exc: BaseException) -> str:
+    """Hydra and OmegaConf explain over several lines; fold them (and their cause) into one."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Set the environment")]
+        parts.extend(ln for ln in lines if ln not in parts)
+        exc = exc.__cause__
+    return "; ".join(parts) or "invalid configuration"
+
+
+def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str], bool, bool]:
+    """Separate Hydra's flags from overrides: (flag values, overrides, multirun, info-only)."""
+    flags, overrides, multirun, info = {}, [], False, False
+    it = iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif name in VALUE_FLAGS:
+            flags[name] = value if eq else next(it, "")
+        elif arg in INFO_FLAGS or name in INFO_FLAGS:
+            info = True
+        else:
+            overrides.append(arg)
+    return flags, overrides, multirun, info
+
+
+def expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Every job a sweep would run, as plain override lists (capped at ``MAX_CHECKED_JOBS``)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for ov in parsed:
+        key = ov.get_key_element()
+        if ov.is_sweep_override():
+            choices.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            choices.append([ov.input_line])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS)]
+
+
+def prevalidate(argv: list[str]) -> list[str]:
+    """Compose and validate every job of this command; return argv with the conf dir on the search path."""
+    from hydra import compose, initialize_config_dir
+
+    flags, overrides, multirun, info = split_argv(argv)
+    config_dir = flags.get("--config-dir") or flags.get("-cd")
+    extra = [f"hydra.searchpath=[file://{CONF_DIR}]"] if config_dir else []
+    if info:
+        return argv + extra
+    root = Path(config_dir).resolve() if config_dir else CONF_DIR
+    if not root.is_dir():
+        raise MamlrunError(f"config directory {config_dir} does not exist")
+    name = flags.get("--config-name") or flags.get("-cn") or "config"
+    try:
+        with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+            jobs = expand_sweeps(overrides + extra) if multirun else [overrides + extra]
+            base = compose(name, overrides=jobs[0], return_hydra_config=True)
+            params = OmegaConf.select(base, "hydra.sweeper.params") if multirun else None
+            if params:
+                jobs = [job + sweep for job in jobs for sweep in expand_sweeps([f"{k}={v}" for k, v in params.items()])]
+            for job in jobs[:MAX_CHECKED_JOBS]:
+                cfg = compose(name, overrides=job, return_hydra_config=False)
+                validate(cfg)
+    except MamlrunError:
+        raise
+    except Exception as exc:  # Hydra/OmegaConf composition errors: unknown key, option, bad syntax
+        raise MamlrunError(one_line(exc)) from None
+    return argv + extra
+
+
+def execute(cfg: DictConfig) -> float:
+    """Build everything from ``cfg``, run it, write metrics; return the objective for sweepers."""
+    validate(cfg)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    device = select_device(cfg.hardware.device)
+    if cfg.hardware.get("threads"):
+        torch.set_num_threads(int(cfg.hardware.threads))
+    dtype = DTYPES[cfg.hardware.dtype]
+    torch.manual_seed(cfg.seed)
+
+    sampler = build(cfg.dataset).to(device, dtype)
+    model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
+    learner = build(cfg.algorithm, model=model, task_type=sampler.task_type,
+                    chunk_size=cfg.hardware.get("chunk_size"), strategy=cfg.hardware.strategy)
+    learner = learner.to(device=device, dtype=dtype)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    schedule = Schedule(
+        meta_iterations=cfg.meta_iterations, meta_batch_size=cfg.meta_batch_size, seed=cfg.seed,
+        log_every=cfg.train.log_every, val_every=cfg.train.val_every, val_tasks=cfg.train.val_tasks,
+        checkpoint_every=cfg.train.checkpoint_every, test_tasks=cfg.eval.test_tasks,
+        eval_batch_size=cfg.eval.batch_size,
+    )
+    started = time.perf_counter()
+    if cfg.mode == "eval":
+        return _evaluate_checkpoint(cfg, learner, sampler, schedule, run_dir)
+
+    optimizer = build(cfg.optimizer, params=learner.parameters())
+    trainer = Trainer(learner, sampler, optimizer, schedule, run_dir, config, progress=cfg.train.progress)
+    resumed = bool(cfg.resume) and trainer.restore()
+    wandb_cfg = _wandb_settings(cfg, hc) if cfg.logger.name == "wandb" else None
+    logger = MetricLogger(run_dir, wandb_cfg, config, resume_step=trainer.iteration if resumed else None)
+    try:
+        trainer.fit(logger)
+        metrics = trainer.test()
+        metrics["train/meta_iterations"] = trainer.iteration
+        metrics["train/wall_s"] = time.perf_counter() - started
+        if trainer.best["value"] is not None:
+            metrics[trainer.val_key.replace("_mean", "_best")] = trainer.best["value"]
+        logger.log(metrics, trainer.iteration)
+        logger.summary(metrics)
+        if rank() == 0:
+            from mamlrun.report import run_figures
+
+            for name, path in run_figures(run_dir, learner, sampler, cfg).items():
+                logger.image(name, path)
+            write_json(run_dir / "metrics.json", metrics)
+    finally:
+        logger.finish()
+    key, _ = objective_key(learner, "test")
+    _print_summary(metrics, run_dir, key, resumed)
+    return metrics[key]
+
+
+def _evaluate_checkpoint(cfg, learner, sampler, schedule: Schedule, run_dir: Path) -> float:
+    path = Path(cfg.checkpoint)
+    if not path.is_file():
+        raise MamlrunError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=next(learner.parameters()).device, weights_only=False)
+        learner.load_state_dict(state["learner"])
+    except (RuntimeError, KeyError, EOFError, OSError) as exc:
+        raise MamlrunError(f"checkpoint {path} does not fit this model/algorithm: {str(exc).splitlines()[0]}") from None
+    from mamlrun.train import TEST_STREAM
+
+    metrics = evaluate(learner, sampler, "test", schedule.test_tasks, schedule.seed + TEST_STREAM,
+                       schedule.eval_batch_size)
+    metrics["test/checkpoint"] = str(path.resolve())
+    write_json(run_dir / "metrics.json", metrics)
+    key, _ = objective_key(learner, "test")
+    _print_summary(metrics, run_dir, key, False)
+    return metrics[key]
+
+
+def _wandb_settings(cfg: DictConfig, hc) -> dict:
+    settings = OmegaConf.to_container(cfg.logger, resolve=True)
+    settings.setdefault("name", cfg.run_name)
+    if not settings.get("group") and hc.mode == RunMode.MULTIRUN:
+        # Runs of one sweep share a group: the sweep directory's name.
+        settings["group"] = Path(hc.sweep.dir).name
+    return settings
+
+
+def _print_summary(metrics: dict, run_dir: Path, key: str, resumed: bool) -> None:
+    if rank() != 0:
+        return
+    split, stem = key.split("/")
+    name = stem.removesuffix("_mean")
+    shown = [k for k in metrics if k.startswith(f"{split}/{name}_step")]
+    if len(shown) > 4:
+        shown = [shown[0], shown[1], shown[len(shown) // 2], shown[-1]]
+    lines = [f"mamlrun: done{' (resumed)' if resumed else ''} in {metrics.get('train/wall_s', 0):.1f} s"]
+    for k in shown:
+        ci = metrics.get(k.replace(f"{name}_step", f"{name}_ci95_step"))
+        lines.append(f"  {k:<24} {metrics[k]:.4f} ± {ci:.4f}")
+    lines.append(f"  outputs: {run_dir}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_entry(cfg: DictConfig) -> float:
+    try:
+        return execute(cfg)
+    except MamlrunError as exc:
+        error(str(exc))
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        sys.argv = [sys.argv[0], *prevalidate(sys.argv[1:])]
+    except MamlrunError as exc:
+        error(str(exc))
+        sys.exit(2)
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Checks on a composed config, device selection and object construction from config groups.
+
+Validation runs before any work and raises :class:`~mamlrun.errors.MamlrunError` with one line
+naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mamlrun.errors import MamlrunError
+from mamlrun.logging import world_size
+
+# (key, kind, minimum, strict): the shared knobs and the bounds that make a run possible.
+KNOBS: tuple[tuple[str, type, float | None, bool], ...] = (
+    ("ways", int, 1, False),
+    ("shots", int, 1, False),
+    ("query_shots", int, 1, False),
+    ("inner_steps", int, 0, False),
+    ("test_inner_steps", int, 0, False),
+    ("inner_lr", float, 0, False),
+    ("meta_batch_size", int, 1, False),
+    ("meta_iterations", int, 0, False),
+    ("seed", int, 0, False),
+    ("optimizer.lr", float, 0, True),
+    ("train.log_every", int, 0, False),
+    ("train.val_every", int, 0, False),
+    ("train.val_tasks", int, 1, False),
+    ("train.checkpoint_every", int, 0, False),
+    ("eval.test_tasks", int, 1, False),
+    ("eval.batch_size", int, 1, False),
+)
+MODES = ("train", "eval")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+BACKENDS = ("func", "learn2learn")
+# Keys of a group file that describe it rather than being constructor arguments.
+META_KEYS = ("name", "backend")
+
+
+def _check_number(key: str, value: Any, kind: type, minimum: float | None, strict: bool) -> None:
+    ok_type = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is int:
+        ok_type = ok_type and float(value).is_integer()
+    if not ok_type:
+        what = "an integer" if kind is int else "a number"
+        raise MamlrunError(f"{key} must be {what}, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+        raise MamlrunError(f"{key} must be {bound}, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject impossible or ill-typed settings with one clear line."""
+    for key, kind, minimum, strict in KNOBS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None or key in ("ways", "shots", "inner_steps", "inner_lr", "meta_batch_size"):
+            _check_number(key, value, kind, minimum, strict)
+    if cfg.mode not in MODES:
+        raise MamlrunError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if cfg.mode == "eval" and not cfg.get("checkpoint"):
+        raise MamlrunError("mode=eval needs checkpoint=<path to a .pt file written by a training run>")
+    if cfg.hardware.dtype not in DTYPES:
+        raise MamlrunError(f"hardware.dtype must be one of {', '.join(DTYPES)}, got {cfg.hardware.dtype!r}")
+    backend = cfg.algorithm.get("backend", "func")
+    if backend not in BACKENDS:
+        raise MamlrunError(f"algorithm.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    chunk = cfg.hardware.get("chunk_size")
+    if chunk is not None:
+        _check_number("hardware.chunk_size", chunk, int, 1, False)
+    if cfg.meta_batch_size % world_size():
+        raise MamlrunError(
+            f"meta_batch_size={cfg.meta_batch_size} must be divisible by the number of processes ({world_size()})"
+        )
+    select_device(cfg.hardware.device)
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an explicit ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MamlrunError(f"hardware.device must be auto, cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MamlrunError("hardware.device=cuda but no CUDA device is available (use hardware=cpu or hardware=auto)")
+    return device
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a group's ``_target_`` with its constructor arguments (``name``/``backend`` left out).
+
+    A :class:`MamlrunError` raised by the constructor reaches the caller as itself, not wrapped.
+    """
+    spec = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in META_KEYS}
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MamlrunError):
+            raise cause from None
+        raise MamlrunError(f"cannot build {spec.get('_target_')}: {cause or exc}") from None

@@ -1,0 +1,211 @@
+"""Tables and plots from finished runs: per-run figures, sweep summaries, paper comparisons.
+
+Runs write ``metrics.jsonl`` (every logged step) and ``metrics.json`` (final metrics) into their
+Hydra run directory; everything here reads those files (and ``.hydra/overrides.yaml``), so a
+table can be rebuilt from a sweep directory at any time: ``python -m mamlrun.report <sweep dir>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+
+from mamlrun import paper  # noqa: E402
+from mamlrun.data.tasks import TaskBatch  # noqa: E402
+
+FIGURE_TASK_SEED = 12345
+
+
+# -- one run --------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> pd.DataFrame:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return pd.DataFrame(rows)
+
+
+def learning_curve(run_dir: Path) -> Path | None:
+    """``learning_curve.png``: training loss (and validation metric) against meta-iteration."""
+    df = read_jsonl(run_dir / "metrics.jsonl")
+    if df.empty or "train/loss" not in df:
+        return None
+    val_cols = [c for c in ("val/mse_mean", "val/acc_mean") if c in df]
+    fig, axes = plt.subplots(1, 1 + bool(val_cols), figsize=(5 + 4 * bool(val_cols), 3.5), squeeze=False)
+    train = df.dropna(subset=["train/loss"])
+    axes[0, 0].plot(train["step"], train["train/loss"])
+    axes[0, 0].set(xlabel="meta-iteration", ylabel="train/loss (query, after adaptation)", yscale="log")
+    if val_cols:
+        val = df.dropna(subset=[val_cols[0]])
+        axes[0, 1].plot(val["step"], val[val_cols[0]], marker="o")
+        axes[0, 1].set(xlabel="meta-iteration", ylabel=val_cols[0])
+    fig.tight_layout()
+    path = run_dir / "learning_curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sinusoid_fit(learner, sampler, steps: tuple[int, ...] = (0, 1, 10), seed: int = FIGURE_TASK_SEED):
+    """Ground truth, support points and predictions after ``steps`` inner updates on one fixed task."""
+    device = next(learner.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    amp, phase = sampler.sample_functions(1, gen)
+    xs = sampler._uniform((1, sampler.shots, 1), sampler.x_range, gen)
+    grid = torch.linspace(*sampler.x_range, 200, device=device, dtype=xs.dtype).view(1, -1, 1)
+    batch = TaskBatch(xs, amp * torch.sin(xs - phase), grid, amp * torch.sin(grid - phase))
+    preds = learner.predictions(batch, max(steps))
+    out = {"x": grid.flatten().tolist(), "truth": batch.y_query.flatten().tolist(),
+           "x_support": xs.flatten().tolist(), "y_support": batch.y_support.flatten().tolist()}
+    out.update({f"step{k}": preds[k].flatten().tolist() for k in steps})
+    return out
+
+
+def plot_sinusoid_fits(fits: dict[str, dict], path: Path) -> Path:
+    """One panel per algorithm, like the paper's Figure 2."""
+    fig, axes = plt.subplots(1, len(fits), figsize=(4.5 * len(fits), 3.5), squeeze=False, sharey=True)
+    for ax, (title, fit) in zip(axes[0], fits.items()):
+        ax.plot(fit["x"], fit["truth"], "r", label="ground truth")
+        ax.plot(fit["x_support"], fit["y_support"], "^", color="purple", label="support points")
+        for key, style in (("step0", ":"), ("step1", "--"), ("step10", "-")):
+            if key in fit:
+                ax.plot(fit["x"], fit[key], style, color="C0" if key != "step0" else "gray",
+                        label=f"after {key[4:]} step{'s' if key != 'step1' else ''}")
+        ax.set(title=title, xlabel="x")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_figures(run_dir: Path, learner, sampler, cfg) -> dict[str, Path]:
+    """Figures written at the end of a run; returned by name for the logger."""
+    figures = {}
+    curve = learning_curve(run_dir)
+    if curve:
+        figures["learning_curve"] = curve
+    if sampler.name == "sinusoid":
+        fit = sinusoid_fit(learner, sampler)
+        (run_dir / "sinusoid_fit.json").write_text(json.dumps(fit))
+        figures["sinusoid_fit"] = plot_sinusoid_fits({f"{cfg.algorithm.name}, K={cfg.shots}": fit},
+                                                     run_dir / "sinusoid_fit.png")
+    return figures
+
+
+# -- sweeps ---------------------------------------------------------------------------------
+def collect(sweep_dir: Path) -> pd.DataFrame:
+    """One row per finished job of a sweep: its overrides, a few config values, its final metrics."""
+    rows = []
+    for metrics_path in sorted(Path(sweep_dir).glob("*/metrics.json")):
+        job = metrics_path.parent
+        row: dict[str, Any] = {"job": job.name}
+        cfg_path = job / ".hydra" / "config.yaml"
+        if cfg_path.exists():
+            cfg = yaml.safe_load(cfg_path.read_text())
+            row.update({"dataset": cfg["dataset"]["name"], "algorithm": cfg["algorithm"]["name"],
+                        "ways": cfg.get("ways"), "shots": cfg.get("shots"), "inner_steps": cfg.get("inner_steps"),
+                        "seed": cfg.get("seed")})
+        overrides = job / ".hydra" / "overrides.yaml"
+        if overrides.exists():
+            row["overrides"] = " ".join(yaml.safe_load(overrides.read_text()) or [])
+        row.update(json.loads(metrics_path.read_text()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, stem: Path) -> tuple[Path, Path]:
+    """``<stem>.csv`` and ``<stem>.md``."""
+    csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    df.to_csv(csv, index=False)
+    md.write_text(df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    return csv, md
+
+
+def summarize_sweep(sweep_dir: Path) -> Path | None:
+    """``summary.csv`` / ``summary.md`` in the sweep directory, with the headline metrics per job."""
+    df = collect(sweep_dir)
+    if df.empty:
+        return None
+    keep = [c for c in df.columns if not c.startswith(("test/", "val/", "train/")) or
+            c.endswith(("_mean", "_ci95", "_best")) or c in ("train/wall_s", "test/mse_step1")]
+    return write_table(df[keep], Path(sweep_dir) / "summary")[1]
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, write the sweep's summary table next to its jobs."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        path = summarize_sweep(Path(config.hydra.sweep.dir))
+        if path:
+            print(f"mamlrun: sweep summary: {path}", flush=True)
+
+
+def sinusoid_table(sweep_dir: Path) -> pd.DataFrame:
+    """MSE after 1/5/10 steps per algorithm and K, with the paper's K = 5 numbers beside ours."""
+    df = collect(sweep_dir)
+    df = df[df["dataset"] == "sinusoid"]
+    rows = []
+    for (algo, shots), group in df.groupby(["algorithm", "shots"], sort=True):
+        row: dict[str, Any] = {"algorithm": algo, "K": int(shots), "seeds": len(group)}
+        for k in (1, 5, 10):
+            row[f"mse_step{k}"] = group[f"test/mse_step{k}"].mean()
+            row[f"ci95_step{k}"] = group[f"test/mse_ci95_step{k}"].mean()
+            published = paper.SINUSOID.get(algo, {}).get(k) if shots == 5 else None
+            row[f"paper_step{k}"] = published
+        row["wall_s"] = group["train/wall_s"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
+    """The sinusoid table (markdown + CSV) and a Figure-2-style plot of MAML next to pretrain."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = sinusoid_table(sweep_dir)
+    written = list(write_table(table, out_dir / "sinusoid"))
+    fits = {}
+    for job in sorted(Path(sweep_dir).glob("*/sinusoid_fit.json")):
+        cfg = yaml.safe_load((job.parent / ".hydra" / "config.yaml").read_text())
+        if cfg["shots"] == 5:
+            fits[f"{cfg['algorithm']['name']}, K=5"] = json.loads(job.read_text())
+    if fits:
+        written.append(plot_sinusoid_fits(dict(sorted(fits.items())), out_dir / "sinusoid_fit.png"))
+    return written
+
+
+REPORTS = {"sinusoid": sinusoid_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mamlrun.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--table", choices=sorted(REPORTS), help="also write this paper comparison")
+    parser.add_argument("--out", type=Path, default=Path("outputs/reports"))
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"mamlrun: error: {args.sweep_dir} is not a directory", file=sys.stderr)
+        return 2
+    if collect(args.sweep_dir).empty:
+        print(f"mamlrun: error: no finished runs (metrics.json) under {args.sweep_dir}", file=sys.stderr)
+        return 2
+    written = [summarize_sweep(args.sweep_dir)]
+    if args.table:
+        written += REPORTS[args.table](args.sweep_dir, args.out)
+    for path in written:
+        print(path)
+    if args.table:
+        print((args.out / f"{args.table}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

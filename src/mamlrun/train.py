@@ -1,0 +1,243 @@
+"""The meta-train / validate / test loop, checkpoints and metrics.
+
+The loop knows a :class:`~mamlrun.algorithms.MetaLearner`, a task sampler, an optimizer and a
+logger; nothing here names an algorithm or a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mamlrun.algorithms.base import MetaLearner
+from mamlrun.data.tasks import TaskSampler
+from mamlrun.errors import MamlrunError
+from mamlrun.logging import MetricLogger, rank
+
+# Validation and test tasks come from their own seeded streams, so every validation sees the
+# same tasks and test tasks never depend on how long training ran.
+VAL_STREAM, TEST_STREAM = 1_000_003, 2_000_003
+
+
+@dataclass
+class Schedule:
+    """How long to train and how often to log, validate and checkpoint (0 disables)."""
+
+    meta_iterations: int
+    meta_batch_size: int
+    log_every: int = 50
+    val_every: int = 0
+    val_tasks: int = 100
+    checkpoint_every: int = 0
+    test_tasks: int = 600
+    eval_batch_size: int = 100
+    seed: int = 0
+
+
+def ci95(values: torch.Tensor) -> float:
+    """Half-width of the 95 % confidence interval of the mean: ``1.96 * std / sqrt(n)``.
+
+    References:
+        Finn et al. 2017, appendix (600 test tasks, 95 % confidence intervals).
+    """
+    return 1.96 * values.std(unbiased=False).item() / math.sqrt(values.numel())
+
+
+def evaluate(
+    learner: MetaLearner,
+    sampler: TaskSampler,
+    split: str,
+    num_tasks: int,
+    seed: int,
+    batch_size: int = 100,
+    steps: int | None = None,
+) -> dict[str, float]:
+    """Metrics after 0..steps inner updates on ``num_tasks`` tasks drawn from ``split``.
+
+    Keys: ``{split}/{m}_step{k}`` and ``{split}/{m}_ci95_step{k}`` for every step ``k``, and
+    ``{split}/{m}_mean`` and ``{split}/{m}_ci95`` at the last step, where ``m`` is ``mse`` for
+    regression and ``acc`` (plus ``loss``) for classification.
+    """
+    device = next(learner.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, num_tasks, batch_size):
+        batch = sampler.sample(min(batch_size, num_tasks - start), split, gen)
+        for name, values in learner.evaluate(batch, steps).items():
+            parts.setdefault(name, []).append(values.double().cpu())
+    results = {k: torch.cat(v, dim=1) for k, v in parts.items()}
+    if learner.task_type == "regression":
+        results = {"mse": results["loss"]}
+    metrics: dict[str, float] = {}
+    for name, per_step in results.items():
+        for k, values in enumerate(per_step):
+            metrics[f"{split}/{name}_step{k}"] = values.mean().item()
+            metrics[f"{split}/{name}_ci95_step{k}"] = ci95(values)
+        metrics[f"{split}/{name}_mean"] = per_step[-1].mean().item()
+        metrics[f"{split}/{name}_ci95"] = ci95(per_step[-1])
+    return metrics
+
+
+def objective_key(learner: MetaLearner, split: str) -> tuple[str, bool]:
+    """The metric that selects the best checkpoint and that sweepers optimise, and whether higher is better."""
+    if learner.task_type == "classification":
+        return f"{split}/acc_mean", True
+    return f"{split}/mse_mean", False
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """Write ``path`` whole or not at all (an interrupted write never leaves a broken checkpoint)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs meta-training with periodic validation and checkpoints, then tests the best model.
+
+    Checkpoints hold the meta-parameters, the optimizer, the iteration, the task-sampling
+    generator and the global RNG state, so a resumed run continues the exact same stream of
+    tasks and ends with the same parameters as one that never stopped.
+    """
+
+    def __init__(
+        self,
+        learner: MetaLearner,
+        sampler: TaskSampler,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        run_dir: str | Path,
+        config: dict | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.learner, self.sampler, self.optimizer, self.schedule = learner, sampler, optimizer, schedule
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.config = config or {}
+        self.progress = progress and rank() == 0
+        self.device = next(learner.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(schedule.seed)
+        self.iteration = 0
+        self.best: dict[str, float | int | None] = {"value": None, "iteration": None}
+        self.val_key, self.higher_is_better = objective_key(learner, "val")
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "learner": self.learner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "best": dict(self.best),
+            "config": self.config,
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        if rank() != 0:
+            return self.ckpt_dir / name
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ckpt_dir / name
+        atomic_save(self.state() if name == "last.pt" else {"learner": self.learner.state_dict(),
+                                                             "config": self.config,
+                                                             "iteration": self.iteration}, path)
+        return path
+
+    def restore(self) -> bool:
+        """Load ``last.pt`` if there is one; return whether training resumes from it."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        changed = _config_diff(state.get("config", {}), self.config)
+        if changed:
+            raise MamlrunError(f"cannot resume from {path}: the config differs in {', '.join(changed)}")
+        self.learner.load_state_dict(state["learner"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration, self.best = state["iteration"], state["best"]
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, logger: MetricLogger) -> None:
+        s = self.schedule
+        if self.iteration >= s.meta_iterations:
+            return
+        bar = tqdm(total=s.meta_iterations, initial=self.iteration, disable=not self.progress,
+                   desc="meta-train", dynamic_ncols=True, mininterval=0.5, unit="it")
+        window: list[dict[str, torch.Tensor]] = []
+        started, start_iteration = time.perf_counter(), self.iteration
+        while self.iteration < s.meta_iterations:
+            batch = self.sampler.sample(s.meta_batch_size, "train", self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            window.append(self.learner.meta_gradient(batch))
+            self.optimizer.step()
+            self.iteration += 1
+            bar.update(1)
+            due = {name: every and self.iteration % every == 0
+                   for name, every in (("log", s.log_every), ("val", s.val_every), ("ckpt", s.checkpoint_every))}
+            if due["log"] or self.iteration == s.meta_iterations:
+                stats = {f"train/{k}": torch.stack([w[k] for w in window]).mean().item() for k in window[0]}
+                window.clear()
+                if not all(math.isfinite(v) for v in stats.values()):
+                    raise MamlrunError(f"training diverged: non-finite loss at iteration {self.iteration} "
+                                       "(lower optimizer.lr or inner_lr)")
+                elapsed = time.perf_counter() - started
+                stats["train/iters_per_s"] = (self.iteration - start_iteration) / max(elapsed, 1e-9)
+                logger.log(stats, self.iteration)
+                bar.set_postfix(loss=f"{stats['train/loss']:.4f}")
+            if due["val"]:
+                self.validate(logger)
+            if due["ckpt"] or self.iteration == s.meta_iterations:
+                self.save()
+        bar.close()
+
+    def validate(self, logger: MetricLogger) -> dict[str, float]:
+        s = self.schedule
+        metrics = evaluate(self.learner, self.sampler, "val", s.val_tasks, s.seed + VAL_STREAM, s.eval_batch_size)
+        value = metrics[self.val_key]
+        best = self.best["value"]
+        if best is None or (value > best if self.higher_is_better else value < best):
+            self.best = {"value": value, "iteration": self.iteration}
+            self.save("best.pt")
+        logger.log({k: v for k, v in metrics.items() if "ci95_step" not in k}, self.iteration)
+        return metrics
+
+    def test(self) -> dict[str, float]:
+        """Test the best validated parameters (the last ones when validation never ran)."""
+        s = self.schedule
+        best_path = self.ckpt_dir / "best.pt"
+        if self.best["iteration"] is not None and best_path.exists():
+            state = torch.load(best_path, map_location=self.device, weights_only=False)
+            self.learner.load_state_dict(state["learner"])
+        metrics = evaluate(self.learner, self.sampler, "test", s.test_tasks, s.seed + TEST_STREAM, s.eval_batch_size)
+        metrics["test/checkpoint_iteration"] = self.best["iteration"] or self.iteration
+        return metrics
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two nested config dicts (``resume`` itself ignored)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in ("resume", "logger", "train") and not prefix:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    os.replace(tmp, path)
