@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mamlrun.models.layers import BatchNorm
+
 
 class Conv4(nn.Module):
     """Four ``[3x3 conv, batch norm, ReLU]`` blocks and a linear head.
@@ -18,9 +20,8 @@ class Conv4(nn.Module):
     - MiniImagenet (``pool="max"``, 32 filters): stride-1 convolutions each followed by 2x2 max
       pooling; the head reads the flattened feature map.
 
-    Batch norm never keeps running statistics: it normalises with the current batch's statistics
-    at training and test time alike (the paper's transductive setting), which is also what makes
-    the module safe under ``functional_call`` and ``vmap``.
+    Batch norm is :class:`~mamlrun.models.layers.BatchNorm`: the current batch's statistics at
+    training and test time alike (the paper's transductive setting), exact under ``torch.func``.
 
     References:
         Finn et al. 2017, section 5.2 and appendix A.1; the architecture of Vinyals et al. 2016.
@@ -43,7 +44,7 @@ class Conv4(nn.Module):
             stride = 2 if pool == "stride" else 1
             blocks.append(nn.Conv2d(channels, filters, 3, stride=stride, padding=1))
             if batch_norm:
-                blocks.append(nn.BatchNorm2d(filters, track_running_stats=False))
+                blocks.append(BatchNorm(filters))
             blocks.append(nn.ReLU())
             if pool == "max":
                 blocks.append(nn.MaxPool2d(2))

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mamlrun.models.layers import BatchNorm
+
 
 class MLP(nn.Sequential):
     """``Linear -> [BatchNorm] -> ReLU`` blocks followed by a linear head.
 
-    Batch norm, when enabled, never keeps running statistics: it always normalises with the
-    statistics of the batch it sees (the paper's transductive setting), which is also what makes
-    the module safe under ``functional_call`` and ``vmap``.
+    Batch norm, when enabled, is :class:`~mamlrun.models.layers.BatchNorm`: always the statistics
+    of the batch it sees (the paper's transductive setting), exact under ``torch.func``.
 
     Args:
         input_shape: shape of one example; flattened.
@@ -33,7 +34,7 @@ class MLP(nn.Sequential):
         for h in hidden:
             layers.append(nn.Linear(width, h))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(h, track_running_stats=False))
+                layers.append(BatchNorm(h))
             layers.append(nn.ReLU())
             width = h
         layers.append(nn.Linear(width, output_dim))
