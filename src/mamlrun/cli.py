@@ -92,8 +92,11 @@ def prevalidate(argv: list[str]) -> list[str]:
     name = flags.get("--config-name") or flags.get("-cn") or "config"
     try:
         with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+            # A config file may itself ask for a sweep (hydra.mode: MULTIRUN, as the files in sweeps/ do).
             jobs = expand_sweeps(overrides + extra) if multirun else [overrides + extra]
             base = compose(name, overrides=jobs[0], return_hydra_config=True)
+            if not multirun and OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN:
+                multirun, jobs = True, expand_sweeps(overrides + extra)
             params = OmegaConf.select(base, "hydra.sweeper.params") if multirun else None
             if params:
                 jobs = [job + sweep for job in jobs for sweep in expand_sweeps([f"{k}={v}" for k, v in params.items()])]
@@ -152,7 +155,7 @@ def execute(cfg: DictConfig) -> float:
             from mamlrun.report import run_figures
 
             for name, path in run_figures(run_dir, learner, sampler, cfg).items():
-                logger.image(name, path)
+                logger.image(name, path, trainer.iteration)
             write_json(run_dir / "metrics.json", metrics)
     finally:
         logger.finish()

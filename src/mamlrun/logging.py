@@ -54,6 +54,7 @@ class MetricLogger:
         self.wandb = None
         if not self.enabled:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
@@ -74,16 +75,14 @@ class MetricLogger:
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.wandb is not None:
-            for k, v in metrics.items():
-                v = to_python(v)
-                if not (isinstance(v, float) and math.isnan(v)):
-                    self.wandb.summary[k] = v
+            values = {k: to_python(v) for k, v in metrics.items()}
+            self.wandb.summary.update({k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))})
 
-    def image(self, name: str, path: str | Path) -> None:
+    def image(self, name: str, path: str | Path, step: int) -> None:
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({name: wandb.Image(str(path))})
+            self.wandb.log({name: wandb.Image(str(path))}, step=step)
 
     def finish(self) -> None:
         if not self.enabled:

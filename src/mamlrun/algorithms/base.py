@@ -9,8 +9,10 @@ leading dimension is the task. One inner SGD step on all tasks runs by one of th
 all exact and all differentiable to any order:
 
 - ``vmap``: ``torch.func.vmap`` over ``torch.func.grad`` of the per-task loss;
-- ``batched``: a ``vmap``-ed forward, then one ``torch.autograd.grad`` of the summed task losses
-  with respect to the batched parameters (tasks are independent, so that is every task's gradient);
+- ``batched``: one forward pass of all tasks with batched kernels (:mod:`mamlrun.models.batched`;
+  a ``vmap``-ed forward for models it does not cover), then one ``torch.autograd.grad`` of the
+  summed task losses with respect to the batched parameters (tasks are independent, so that is
+  every task's gradient);
 - ``loop``: one task at a time with ``torch.autograd.grad`` (fastest where vmap turns convolutions
   into slow grouped kernels, e.g. many query images per task on CPU).
 
@@ -32,6 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from mamlrun.data.tasks import TaskBatch
 from mamlrun.errors import MamlrunError
+from mamlrun.models.batched import batched_forward, supports
 
 Params = dict[str, torch.Tensor]
 STRATEGIES = ("auto", "vmap", "batched", "loop")
@@ -80,6 +83,7 @@ class MetaLearner(nn.Module):
         self.strategy = strategy
         self.chosen_strategy: str | None = None if strategy == "auto" else strategy
         self.strategy_timings: dict[str, float] = {}
+        self._has_batched_kernels = supports(model)
 
     @property
     def stat_names(self) -> tuple[str, ...]:
@@ -179,7 +183,7 @@ class MetaLearner(nn.Module):
                 params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
             with torch.enable_grad():
                 if strategy == "batched":
-                    total = vmap(self.loss)(params, x, y).sum()
+                    total = self.batched_metrics(params, x, y)[0].sum()
                     flat = torch.autograd.grad(total, [params[k] for k in names],
                                                create_graph=not first_order and needs_graph, retain_graph=True)
                 else:
@@ -209,7 +213,19 @@ class MetaLearner(nn.Module):
         if self.chosen_strategy == "loop":
             per_task = [self.metrics({k: v[t] for k, v in params.items()}, x[t], y[t]) for t in range(x.shape[0])]
             return tuple(torch.stack(m) for m in zip(*per_task))
+        if self.chosen_strategy == "batched":
+            return self.batched_metrics(params, x, y)
         return vmap(self.metrics)(params, x, y)
+
+    def batched_metrics(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-task metrics from one batched forward pass (vmap-ed when the model has no batched kernels)."""
+        if not self._has_batched_kernels:
+            return vmap(self.metrics)(params, x, y)
+        out = batched_forward(self.model, params, x)
+        if self.task_type == "classification":
+            losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+            return losses.mean(1), (out.argmax(-1) == y).to(out.dtype).mean(1)
+        return (((out - y) ** 2).flatten(1).mean(1),)
 
     def accumulate(self, objective: Callable[[TaskBatch], tuple[torch.Tensor, ...]],
                    batch: TaskBatch) -> dict[str, torch.Tensor]:

@@ -60,3 +60,11 @@ class Conv4(nn.Module):
         h = self.features(x)
         h = h.mean(dim=(2, 3)) if self.pool == "stride" else h.flatten(1)
         return self.head(h)
+
+    def batched_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """One parameter set per task (see :mod:`mamlrun.models.batched`)."""
+        from mamlrun.models.batched import layer_forward, sequential
+
+        h = sequential(self.features, params, x, "features.")
+        h = h.mean(dim=(3, 4)) if self.pool == "stride" else h.flatten(2)
+        return layer_forward(self.head, params, h, "head.")

@@ -1,0 +1,154 @@
+"""The ``mamlrun`` command end to end, as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import MAMLRUN, TINY, read_metrics, read_wandb_records, run_mamlrun
+
+
+def test_default_run_trains_the_sinusoid_and_reports(tmp_path):
+    proc = run_mamlrun(cwd=tmp_path)
+    run_dir = next((tmp_path / "outputs" / "runs").glob("*/*"))
+    metrics = read_metrics(run_dir)
+    assert metrics["train/meta_iterations"] == 4000
+    # A trained MAML model adapts: one step on 5 points beats no step.
+    assert metrics["test/mse_step1"] < metrics["test/mse_step0"]
+    for name in ("metrics.jsonl", "learning_curve.png", "sinusoid_fit.png", "checkpoints/last.pt",
+                 ".hydra/config.yaml"):
+        assert (run_dir / name).exists(), name
+    assert "test/mse_step1" in proc.stdout and str(run_dir) in proc.stdout
+    assert "meta-train" in proc.stderr  # the progress bar
+
+
+def test_overrides_reach_the_run(tmp_path):
+    run_mamlrun("algorithm=fomaml", "shots=10", "inner_steps=2", "meta_batch_size=4", *TINY,
+                "hydra.run.dir=out", cwd=tmp_path)
+    cfg = (tmp_path / "out" / ".hydra" / "config.yaml").read_text()
+    assert "first_order: true" in cfg and "shots: 10" in cfg and "inner_steps: 2" in cfg
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["train/meta_iterations"] == 20
+
+
+def test_multirun_sweeps_a_shared_knob_into_separate_run_dirs(tmp_path):
+    proc = run_mamlrun("-m", "inner_steps=1,2,3", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert len(jobs) == 3
+    steps = sorted(int(line.split(":")[1]) for job in jobs
+                   for line in (job / ".hydra" / "config.yaml").read_text().splitlines()
+                   if line.startswith("inner_steps:"))
+    assert steps == [1, 2, 3]
+    summary = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
+    assert len(summary) == 4 and "test/mse_mean" in summary[0]
+    assert "sweep summary" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["inner_steps=-1"], "inner_steps must be at least 0"),
+        (["meta_batch_size=0"], "meta_batch_size must be at least 1"),
+        (["optimizer.lr=-0.1"], "optimizer.lr must be greater than 0"),
+        (["inner_lr=-1"], "inner_lr must be at least 0"),
+        (["shots=abc"], "shots must be an integer"),
+        (["no_such_key=1"], "no_such_key"),
+        (["algorithm=nope"], "algorithm/nope"),
+        (["-m", "inner_steps=1,-2"], "inner_steps must be at least 0"),
+        (["hardware.device=cuda"] if not torch.cuda.is_available() else ["hardware.device=tpu"], "hardware.device"),
+        (["mode=eval"], "checkpoint="),
+        (["algorithm.backend=jax"], "algorithm.backend"),
+    ],
+)
+def test_bad_config_is_one_line_and_nonzero_before_any_output(tmp_path, args, fragment):
+    proc = run_mamlrun(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mamlrun: error:"), proc.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_diverging_run_stops_with_one_line(tmp_path):
+    proc = run_mamlrun("inner_lr=50", "inner_steps=3", "meta_iterations=200", "train.log_every=20",
+                       "train.progress=false", "hydra.run.dir=out", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("mamlrun: error: training diverged")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
+    args = ["meta_iterations=1500", "train.checkpoint_every=100", "train.val_every=500", "train.log_every=50",
+            "eval.test_tasks=50", "train.progress=false", "hardware.strategy=batched", "test_inner_steps=2"]
+    run_mamlrun(*args, "hydra.run.dir=whole", cwd=tmp_path)
+
+    # Start the same run, kill it hard once a few checkpoints exist, then resume it.
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen([str(MAMLRUN), *args, "hydra.run.dir=cut"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["iteration"] >= 300:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    interrupted_at = torch.load(ckpt, weights_only=False)["iteration"]
+    assert 300 <= interrupted_at < 1500, "the run was not interrupted"
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    proc = run_mamlrun(*args, "hydra.run.dir=cut", "resume=true", cwd=tmp_path)
+    assert "resumed" in proc.stdout
+
+    whole, cut = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False), torch.load(ckpt, weights_only=False)
+    for k, v in whole["learner"].items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, cut["learner"][k]), k
+    a, b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut")
+    assert {k: v for k, v in a.items() if "wall" not in k} == {k: v for k, v in b.items() if "wall" not in k}
+    # The resumed log reads like the uninterrupted one (no duplicated steps).
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    whole_steps = [json.loads(line)["step"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == whole_steps
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    run_mamlrun(*TINY, "train.checkpoint_every=10", "hydra.run.dir=out", cwd=tmp_path)
+    proc = run_mamlrun(*TINY, "inner_lr=0.02", "resume=true", "hydra.run.dir=out", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "config differs in" in proc.stderr and "inner_lr" in proc.stderr
+
+
+def test_eval_mode_evaluates_a_checkpoint(tmp_path):
+    run_mamlrun(*TINY, "hydra.run.dir=train", cwd=tmp_path)
+    ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
+    run_mamlrun("mode=eval", f"checkpoint={ckpt}", "eval.test_tasks=20", "test_inner_steps=3",
+                "hydra.run.dir=ev", cwd=tmp_path)
+    assert read_metrics(tmp_path / "ev")["test/mse_step3"] == pytest.approx(
+        read_metrics(tmp_path / "train")["test/mse_step3"])
+    bad = run_mamlrun("mode=eval", f"checkpoint={ckpt}", "model.hidden=[8]", "hydra.run.dir=ev2", cwd=tmp_path,
+                      check=False)
+    assert bad.returncode == 2 and "does not fit" in bad.stderr
+
+
+def test_wandb_offline_records_config_metrics_and_group(tmp_path):
+    run_mamlrun("-m", "logger=wandb", "seed=0,1", *TINY, "hydra.sweep.dir=sw", cwd=tmp_path)
+    logs = sorted((tmp_path / "sw").glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 2
+    for log in logs:
+        records = read_wandb_records(log)
+        run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+        assert run.project == "mamlrun" and run.run_group == "sw"
+        config_keys = {item.key for item in run.config.update}
+        assert {"inner_lr", "shots", "algorithm", "dataset"} <= config_keys
+        history = [item for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item]
+        assert any("train/loss" in (item.key or "/".join(item.nested_key)) for item in history)
+        summary = {item.key or "/".join(item.nested_key) for r in records
+                   if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+        assert "test/mse_mean" in summary
+    assert not Path(tmp_path / "wandb").exists()  # everything stays inside the run directories
