@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid clean
+.PHONY: help install run test test-slow lint format bench reproduce-sinusoid reproduce-table1 clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -44,9 +44,16 @@ format: install  ## apply ruff's fixes and formatting
 bench: install  ## engine speed and peak memory against a per-task autograd loop (reports, never fails)
 	$(BIN)/python -m mamlrun.bench $(ARGS)
 
-reproduce-sinusoid: install  ## the paper's sinusoid comparison (MAML vs pretrain, K=5,10,20) and its table
-	$(BIN)/mamlrun -cd sweeps -cn sinusoid hydra.sweep.dir=outputs/multirun/sinusoid $(if $(QUICK),meta_iterations=200 eval.test_tasks=100) $(ARGS)
-	$(BIN)/python -m mamlrun.report outputs/multirun/sinusoid --table sinusoid --out outputs/reports
+SUFFIX := $(if $(QUICK),_quick)
+QUICK_SINUSOID := meta_iterations=200 eval.test_tasks=100 train.val_every=100
+
+reproduce-sinusoid: install  ## the paper's sinusoid comparison (MAML vs pretrain, K=5,10,20) and its table (QUICK=1: plumbing only)
+	rm -rf outputs/multirun/sinusoid$(SUFFIX)
+	$(BIN)/mamlrun -cd sweeps -cn sinusoid hydra.sweep.dir=outputs/multirun/sinusoid$(SUFFIX) $(if $(QUICK),$(QUICK_SINUSOID)) $(ARGS)
+	$(BIN)/python -m mamlrun.report outputs/multirun/sinusoid$(SUFFIX) --table sinusoid --out outputs/reports$(SUFFIX)
+
+reproduce-table1: install  ## the paper's Table 1 (Omniglot, MiniImagenet; MAML and FOMAML) on the data present (QUICK=1: plumbing only)
+	$(BIN)/python -m mamlrun.reproduce table1 $(if $(QUICK),--quick) $(ARGS)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -98,6 +98,9 @@ def prevalidate(argv: list[str]) -> list[str]:
             if not multirun and OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN:
                 multirun, jobs = True, expand_sweeps(overrides + extra)
             params = OmegaConf.select(base, "hydra.sweeper.params") if multirun else None
+            # As in Hydra's sweeper, a key given on the command line replaces the file's sweep of it.
+            given = {ov.get_key_element() for ov in OverridesParser.create().parse_overrides(overrides)}
+            params = {k: v for k, v in (params or {}).items() if k not in given}
             if params:
                 jobs = [job + sweep for job in jobs for sweep in expand_sweeps([f"{k}={v}" for k, v in params.items()])]
             for job in jobs[:MAX_CHECKED_JOBS]:

@@ -39,8 +39,8 @@ KNOBS: tuple[tuple[str, type, float | None, bool], ...] = (
 MODES = ("train", "eval")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 BACKENDS = ("func", "learn2learn")
-# Keys of a group file that describe it rather than being constructor arguments.
-META_KEYS = ("name", "backend")
+# Keys of a group file that describe it (for run names, backend choice) rather than being constructor arguments.
+META_KEYS = ("name", "tag", "backend")
 
 
 def _check_number(key: str, value: Any, kind: type, minimum: float | None, strict: bool) -> None:

@@ -106,9 +106,13 @@ def run_figures(run_dir: Path, learner, sampler, cfg) -> dict[str, Path]:
 def collect(sweep_dir: Path) -> pd.DataFrame:
     """One row per finished job of a sweep: its overrides, a few config values, its final metrics."""
     rows = []
-    for metrics_path in sorted(Path(sweep_dir).glob("*/metrics.json")):
+    for metrics_path in sorted(Path(sweep_dir).rglob("metrics.json")):
         job = metrics_path.parent
-        row: dict[str, Any] = {"job": job.name}
+        row: dict[str, Any] = {"job": str(job.relative_to(sweep_dir))}
+        hydra_path = job / ".hydra" / "hydra.yaml"
+        if hydra_path.exists():
+            choices = yaml.safe_load(hydra_path.read_text())["hydra"]["runtime"]["choices"]
+            row["experiment"] = choices.get("experiment")
         cfg_path = job / ".hydra" / "config.yaml"
         if cfg_path.exists():
             cfg = yaml.safe_load(cfg_path.read_text())
@@ -123,12 +127,16 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_table(df: pd.DataFrame, stem: Path) -> tuple[Path, Path]:
-    """``<stem>.csv`` and ``<stem>.md``."""
+def write_table(df: pd.DataFrame, stem: Path, shown: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    """``<stem>.csv`` (all numbers) and ``<stem>.md`` (``shown``, a formatted view, if given)."""
     csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
     df.to_csv(csv, index=False)
-    md.write_text(df.to_markdown(index=False, floatfmt=".4g") + "\n")
+    md.write_text((df if shown is None else shown).to_markdown(index=False, floatfmt=".4g") + "\n")
     return csv, md
+
+
+def with_ci(mean: float, ci: float, digits: int = 3) -> str:
+    return "—" if pd.isna(mean) else f"{mean:.{digits}f} ± {ci:.{digits}f}" if not pd.isna(ci) else f"{mean:.{digits}f}"
 
 
 def summarize_sweep(sweep_dir: Path) -> Path | None:
@@ -171,7 +179,13 @@ def sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     """The sinusoid table (markdown + CSV) and a Figure-2-style plot of MAML next to pretrain."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = sinusoid_table(sweep_dir)
-    written = list(write_table(table, out_dir / "sinusoid"))
+    shown = table[["algorithm", "K", "seeds"]].copy()
+    for k in (1, 5, 10):
+        shown[f"MSE {k} step{'s' if k > 1 else ''}"] = [with_ci(m, c) for m, c in
+                                                        zip(table[f"mse_step{k}"], table[f"ci95_step{k}"])]
+        shown[f"paper {k}"] = [with_ci(p, float("nan"), 2) for p in table[f"paper_step{k}"]]
+    shown["wall (s)"] = table["wall_s"].round(0)
+    written = list(write_table(table, out_dir / "sinusoid", shown))
     fits = {}
     for job in sorted(Path(sweep_dir).glob("*/sinusoid_fit.json")):
         cfg = yaml.safe_load((job.parent / ".hydra" / "config.yaml").read_text())
@@ -182,7 +196,54 @@ def sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-REPORTS = {"sinusoid": sinusoid_report}
+def table1(sweep_dir: Path) -> pd.DataFrame:
+    """Accuracy (%) per Table 1 cell and algorithm, mean over seeds, beside the paper's."""
+    df = collect(sweep_dir)
+    df = df[df["experiment"].isin(list(paper.TABLE1))] if "experiment" in df else df.iloc[0:0]
+    rows = []
+    for (cell, algo), group in df.groupby(["experiment", "algorithm"], sort=False):
+        published = paper.TABLE1[cell].get(algo, (None, None))
+        rows.append({
+            "cell": cell, "algorithm": algo, "seeds": len(group),
+            "acc": 100 * group["test/acc_mean"].mean(), "ci95": 100 * group["test/acc_ci95"].mean(),
+            "paper": published[0], "paper_ci95": published[1],
+            "meta_iterations": int(group["train/meta_iterations"].max()), "wall_s": group["train/wall_s"].mean(),
+        })
+    order = {c: i for i, c in enumerate(paper.TABLE1)}
+    return pd.DataFrame(rows).sort_values(["cell", "algorithm"], key=lambda c: c.map(order) if c.name == "cell" else c,
+                                          ascending=[True, False]) if rows else pd.DataFrame(rows)
+
+
+def table1_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
+    """Table 1 (markdown + CSV) and accuracy against inner steps (``table1_steps.png``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = table1(sweep_dir)
+    if table.empty:
+        return []
+    shown = pd.DataFrame({
+        "cell": table["cell"], "algorithm": table["algorithm"],
+        "mamlrun acc (%)": [with_ci(a, c, 2) for a, c in zip(table["acc"], table["ci95"])],
+        "paper (%)": [with_ci(a, c, 2) for a, c in zip(table["paper"], table["paper_ci95"])],
+        "meta-iterations": table["meta_iterations"], "wall (s)": table["wall_s"].round(0),
+    })
+    written = list(write_table(table, out_dir / "table1", shown))
+    df = collect(sweep_dir)
+    df = df[df["experiment"].isin(list(paper.TABLE1))]
+    cells = list(dict.fromkeys(table["cell"]))
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        for algo, group in df[df["experiment"] == cell].groupby("algorithm"):
+            steps = sorted(int(c.rsplit("step", 1)[1]) for c in group if c.startswith("test/acc_step"))
+            ax.plot(steps, [100 * group[f"test/acc_step{k}"].mean() for k in steps], marker="o", label=algo)
+        ax.set(title=cell.replace("_", " "), xlabel="inner steps at test", ylabel="accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "table1_steps.png", dpi=110)
+    plt.close(fig)
+    return [*written, out_dir / "table1_steps.png"]
+
+
+REPORTS = {"sinusoid": sinusoid_report, "table1": table1_report}
 
 
 def main(argv: list[str] | None = None) -> int:
