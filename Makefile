@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install run test test-slow lint format bench reproduce-sinusoid reproduce-table1 clean
+.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -24,10 +24,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock | $(UV)
 
 install: $(VENV)/.installed  ## create .venv from the hash-pinned requirements.lock (uv; cached after the first time)
 
+$(VENV)/.l2l: scripts/install_learn2learn.sh $(VENV)/.installed
+	scripts/install_learn2learn.sh
+	touch $@
+
+install-l2l: $(VENV)/.l2l  ## build learn2learn 0.2.0 for this Python (parity oracle, optional backend, bench peer)
+
 run: install  ## the default experiment (sinusoid MAML, about a minute on a laptop CPU); extra overrides in ARGS=
 	$(BIN)/mamlrun $(ARGS)
 
-test: install  ## the test suite (what CI runs)
+test: install install-l2l  ## the test suite (what CI runs), learn2learn parity included
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-slow: install  ## the long learning tests

@@ -18,8 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MAMLRUN = Path(sys.executable).with_name("mamlrun")
 SHARED = ROOT.parent / "shared"
 # Settings that keep a CLI run to a few seconds.
-TINY = ["meta_iterations=20", "train.val_every=0", "train.log_every=10", "train.checkpoint_every=0",
-        "eval.test_tasks=20", "train.progress=false", "test_inner_steps=3"]
+TINY = [
+    "meta_iterations=20",
+    "train.val_every=0",
+    "train.log_every=10",
+    "train.checkpoint_every=0",
+    "eval.test_tasks=20",
+    "train.progress=false",
+    "test_inner_steps=3",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +38,7 @@ def _quiet_wandb(monkeypatch):
 def run_mamlrun(*args: str, cwd: Path, check: bool = True, timeout: float = 300, env: dict | None = None):
     """Run the installed console script as a user would; return the CompletedProcess."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([str(MAMLRUN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+    proc = subprocess.run([str(MAMLRUN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"mamlrun {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc

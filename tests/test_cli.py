@@ -21,16 +21,28 @@ def test_default_run_trains_the_sinusoid_and_reports(tmp_path):
     assert metrics["train/meta_iterations"] == 4000
     # A trained MAML model adapts: one step on 5 points beats no step.
     assert metrics["test/mse_step1"] < metrics["test/mse_step0"]
-    for name in ("metrics.jsonl", "learning_curve.png", "sinusoid_fit.png", "checkpoints/last.pt",
-                 ".hydra/config.yaml"):
+    for name in (
+        "metrics.jsonl",
+        "learning_curve.png",
+        "sinusoid_fit.png",
+        "checkpoints/last.pt",
+        ".hydra/config.yaml",
+    ):
         assert (run_dir / name).exists(), name
     assert "test/mse_step1" in proc.stdout and str(run_dir) in proc.stdout
     assert "meta-train" in proc.stderr  # the progress bar
 
 
 def test_overrides_reach_the_run(tmp_path):
-    run_mamlrun("algorithm=fomaml", "shots=10", "inner_steps=2", "meta_batch_size=4", *TINY,
-                "hydra.run.dir=out", cwd=tmp_path)
+    run_mamlrun(
+        "algorithm=fomaml",
+        "shots=10",
+        "inner_steps=2",
+        "meta_batch_size=4",
+        *TINY,
+        "hydra.run.dir=out",
+        cwd=tmp_path,
+    )
     cfg = (tmp_path / "out" / ".hydra" / "config.yaml").read_text()
     assert "first_order: true" in cfg and "shots: 10" in cfg and "inner_steps: 2" in cfg
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["train/meta_iterations"] == 20
@@ -40,9 +52,12 @@ def test_multirun_sweeps_a_shared_knob_into_separate_run_dirs(tmp_path):
     proc = run_mamlrun("-m", "inner_steps=1,2,3", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert len(jobs) == 3
-    steps = sorted(int(line.split(":")[1]) for job in jobs
-                   for line in (job / ".hydra" / "config.yaml").read_text().splitlines()
-                   if line.startswith("inner_steps:"))
+    steps = sorted(
+        int(line.split(":")[1])
+        for job in jobs
+        for line in (job / ".hydra" / "config.yaml").read_text().splitlines()
+        if line.startswith("inner_steps:")
+    )
     assert steps == [1, 2, 3]
     summary = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
     assert len(summary) == 4 and "test/mse_mean" in summary[0]
@@ -60,7 +75,10 @@ def test_multirun_sweeps_a_shared_knob_into_separate_run_dirs(tmp_path):
         (["no_such_key=1"], "no_such_key"),
         (["algorithm=nope"], "algorithm/nope"),
         (["-m", "inner_steps=1,-2"], "inner_steps must be at least 0"),
-        (["hardware.device=cuda"] if not torch.cuda.is_available() else ["hardware.device=tpu"], "hardware.device"),
+        (
+            ["hardware.device=cuda"] if not torch.cuda.is_available() else ["hardware.device=tpu"],
+            "hardware.device",
+        ),
         (["mode=eval"], "checkpoint="),
         (["algorithm.backend=jax"], "algorithm.backend"),
     ],
@@ -75,23 +93,52 @@ def test_bad_config_is_one_line_and_nonzero_before_any_output(tmp_path, args, fr
     assert not (tmp_path / "outputs").exists()
 
 
+def test_error_while_building_leaves_no_run_directory(tmp_path):
+    proc = run_mamlrun("model=conv4", "hydra.run.dir=out", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mamlrun: error: Conv4 needs image inputs [channels, height, width]; the dataset gives (1,)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_diverging_run_stops_with_one_line(tmp_path):
-    proc = run_mamlrun("inner_lr=50", "inner_steps=3", "meta_iterations=200", "train.log_every=20",
-                       "train.progress=false", "hydra.run.dir=out", cwd=tmp_path, check=False)
+    proc = run_mamlrun(
+        "inner_lr=50",
+        "inner_steps=3",
+        "meta_iterations=200",
+        "train.log_every=20",
+        "train.progress=false",
+        "hydra.run.dir=out",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("mamlrun: error: training diverged")
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
-    args = ["meta_iterations=1500", "train.checkpoint_every=100", "train.val_every=500", "train.log_every=50",
-            "eval.test_tasks=50", "train.progress=false", "hardware.strategy=batched", "test_inner_steps=2"]
+    args = [
+        "meta_iterations=1500",
+        "train.checkpoint_every=100",
+        "train.val_every=500",
+        "train.log_every=50",
+        "eval.test_tasks=50",
+        "train.progress=false",
+        "hardware.strategy=batched",
+        "test_inner_steps=2",
+    ]
     run_mamlrun(*args, "hydra.run.dir=whole", cwd=tmp_path)
 
     # Start the same run, kill it hard once a few checkpoints exist, then resume it.
     ckpt = tmp_path / "cut" / "checkpoints" / "last.pt"
-    proc = subprocess.Popen([str(MAMLRUN), *args, "hydra.run.dir=cut"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(MAMLRUN), *args, "hydra.run.dir=cut"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if ckpt.exists() and torch.load(ckpt, weights_only=False)["iteration"] >= 300:
@@ -105,7 +152,10 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     proc = run_mamlrun(*args, "hydra.run.dir=cut", "resume=true", cwd=tmp_path)
     assert "resumed" in proc.stdout
 
-    whole, cut = torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False), torch.load(ckpt, weights_only=False)
+    whole, cut = (
+        torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False),
+        torch.load(ckpt, weights_only=False),
+    )
     for k, v in whole["learner"].items():
         if isinstance(v, torch.Tensor):
             assert torch.equal(v, cut["learner"][k]), k
@@ -127,12 +177,20 @@ def test_resume_refuses_a_different_config(tmp_path):
 def test_eval_mode_evaluates_a_checkpoint(tmp_path):
     run_mamlrun(*TINY, "hydra.run.dir=train", cwd=tmp_path)
     ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
-    run_mamlrun("mode=eval", f"checkpoint={ckpt}", "eval.test_tasks=20", "test_inner_steps=3",
-                "hydra.run.dir=ev", cwd=tmp_path)
+    run_mamlrun(
+        "mode=eval",
+        f"checkpoint={ckpt}",
+        "eval.test_tasks=20",
+        "test_inner_steps=3",
+        "hydra.run.dir=ev",
+        cwd=tmp_path,
+    )
     assert read_metrics(tmp_path / "ev")["test/mse_step3"] == pytest.approx(
-        read_metrics(tmp_path / "train")["test/mse_step3"])
-    bad = run_mamlrun("mode=eval", f"checkpoint={ckpt}", "model.hidden=[8]", "hydra.run.dir=ev2", cwd=tmp_path,
-                      check=False)
+        read_metrics(tmp_path / "train")["test/mse_step3"]
+    )
+    bad = run_mamlrun(
+        "mode=eval", f"checkpoint={ckpt}", "model.hidden=[8]", "hydra.run.dir=ev2", cwd=tmp_path, check=False
+    )
     assert bad.returncode == 2 and "does not fit" in bad.stderr
 
 
@@ -148,7 +206,47 @@ def test_wandb_offline_records_config_metrics_and_group(tmp_path):
         assert {"inner_lr", "shots", "algorithm", "dataset"} <= config_keys
         history = [item for r in records if r.WhichOneof("record_type") == "history" for item in r.history.item]
         assert any("train/loss" in (item.key or "/".join(item.nested_key)) for item in history)
-        summary = {item.key or "/".join(item.nested_key) for r in records
-                   if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+        summary = {
+            item.key or "/".join(item.nested_key)
+            for r in records
+            if r.WhichOneof("record_type") == "summary"
+            for item in r.summary.update
+        }
         assert "test/mse_mean" in summary
     assert not Path(tmp_path / "wandb").exists()  # everything stays inside the run directories
+
+
+def test_table1_quick_reproduction_writes_the_table(tmp_path):
+    """`make reproduce-table1 QUICK=1`: every Omniglot cell of Table 1, MAML and FOMAML, on the data present."""
+    from tests.data.conftest import OMNIGLOT
+
+    if not OMNIGLOT.is_dir():
+        pytest.skip(f"the real Omniglot archives are not at {OMNIGLOT}")
+    proc = subprocess.run(
+        [str(MAMLRUN.with_name("python")), "-m", "mamlrun.reproduce", "table1", "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={
+            **__import__("os").environ,
+            "MAMLRUN_CACHE": str(tmp_path / "cache"),
+            "MAMLRUN_DATA": str(tmp_path / "nodata"),
+        },
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipping the miniimagenet cells" in proc.stdout
+    table = (tmp_path / "outputs" / "reports_quick" / "table1.csv").read_text().splitlines()
+    assert len(table) == 1 + 12  # 6 Omniglot cells x {maml, fomaml}
+    assert (tmp_path / "outputs" / "reports_quick" / "table1_steps.png").stat().st_size > 10_000
+    md = (tmp_path / "outputs" / "reports_quick" / "table1.md").read_text()
+    assert "98.70 ± 0.40" in md and "omniglot_20w5s" in md
+
+
+def test_learn2learn_backend_runs_and_refuses_what_it_lacks(tmp_path):
+    pytest.importorskip("learn2learn", reason="learn2learn missing: run `make install-l2l`")
+    run_mamlrun("algorithm.backend=learn2learn", "algorithm=metasgd", *TINY, "hydra.run.dir=l2l", cwd=tmp_path)
+    assert read_metrics(tmp_path / "l2l")["train/meta_iterations"] == 20
+    proc = run_mamlrun("algorithm=reptile", "algorithm.backend=learn2learn", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no learn2learn backend" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -13,6 +13,7 @@ from mamlrun.cli import CONF_DIR, expand_sweeps, prevalidate
 from mamlrun.config import build, validate
 from mamlrun.errors import MamlrunError
 from tests.conftest import ROOT, compose_config
+from tests.data.conftest import OMNIGLOT, tiny_miniimagenet
 
 GROUPS = ("dataset", "model", "algorithm", "optimizer", "hardware", "logger")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -22,21 +23,50 @@ SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 NEEDS = {("hardware", "gpu"): torch.cuda.is_available()}
 
 
+@pytest.fixture(scope="module")
+def data_overrides(tmp_path_factory):
+    """Per dataset, overrides pointing it at data this machine has (real small Omniglot, generated MiniImagenet)."""
+    mini = tmp_path_factory.mktemp("mini")
+    tiny_miniimagenet(mini, "pickle", classes=(20, 20, 20), per_class=20)
+    cache = tmp_path_factory.mktemp("cache")
+    return {
+        "sinusoid": [],
+        "omniglot": [f"dataset.root={OMNIGLOT}", "dataset.split=[0.6,0.2,0.2]", f"dataset.cache_dir={cache}"],
+        "miniimagenet": [f"dataset.root={mini}", f"dataset.cache_dir={cache}"],
+    }
+
+
+def with_data(overrides: dict, *args: str):
+    cfg = compose_config(*args)
+    if cfg.dataset.name == "omniglot" and not OMNIGLOT.is_dir():
+        pytest.skip(f"the real Omniglot archives are not at {OMNIGLOT}")
+    return compose_config(*args, *overrides[cfg.dataset.name])
+
+
 def instantiate_all(cfg):
     """Build what a run builds, short of training."""
     validate(cfg)
     sampler = build(cfg.dataset)
     model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
-    learner = build(cfg.algorithm, model=model, task_type=sampler.task_type,
-                    chunk_size=cfg.hardware.chunk_size, strategy=cfg.hardware.strategy)
+    learner = build(
+        cfg.algorithm,
+        model=model,
+        task_type=sampler.task_type,
+        chunk_size=cfg.hardware.chunk_size,
+        strategy=cfg.hardware.strategy,
+    )
     optimizer = build(cfg.optimizer, params=learner.parameters())
     assert isinstance(learner, MetaLearner) and isinstance(optimizer, torch.optim.Optimizer)
     return sampler, model, learner
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_group_option_composes_and_instantiates(group, option):
-    cfg = compose_config(f"{group}={option}")
+def test_every_group_option_composes_and_instantiates(group, option, data_overrides):
+    # An image dataset needs an image model and classification shapes that the data allows.
+    pairs = {"omniglot": "model=conv4", "miniimagenet": "model=conv4_miniimagenet", "conv4": "dataset=omniglot",
+             "conv4_miniimagenet": "dataset=miniimagenet", "mlp_omniglot": "dataset=omniglot"}
+    extra = [pairs[option]] if option in pairs else []
+    cfg = with_data(data_overrides, f"{group}={option}", *extra)
     assert cfg[group].name == option
     if not NEEDS.get((group, option), True):
         with pytest.raises(MamlrunError):
@@ -46,9 +76,22 @@ def test_every_group_option_composes_and_instantiates(group, option):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_instantiates(experiment):
-    cfg = compose_config(f"experiment={experiment}")
-    instantiate_all(cfg)
+def test_every_experiment_composes_and_instantiates(experiment, data_overrides):
+    cfg = with_data(data_overrides, f"experiment={experiment}")
+    _, model, _ = instantiate_all(cfg)
+    header = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text()
+    assert "# Run: mamlrun experiment=" in header  # every experiment says how to run it
+    if cfg.dataset.name != "sinusoid":
+        batch = learner_batch(cfg, data_overrides)
+        out = model(batch.x_support[0])
+        assert out.shape == (cfg.ways * cfg.shots, cfg.ways)
+
+
+def learner_batch(cfg, data_overrides):
+    import torch
+
+    sampler = build(cfg.dataset)
+    return sampler.sample(2, "train", torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -60,9 +103,23 @@ def test_every_sweep_expands_into_valid_jobs(sweep):
     assert len(jobs) > 1
     for job in jobs:
         cfg = compose_config(f"hydra.searchpath=[file://{CONF_DIR}]", *job, config_dir=ROOT / "sweeps", name=sweep)
+        if cfg.dataset.name != "sinusoid":
+            validate(cfg)  # image datasets are built in test_every_experiment_composes_and_instantiates
+            continue
         instantiate_all(cfg)
     # The CLI's own pre-flight check accepts it too.
     prevalidate(["-cd", str(ROOT / "sweeps"), "-cn", sweep])
+
+
+def test_table1_sweep_covers_every_cell_with_maml_and_fomaml():
+    from mamlrun.paper import TABLE1
+
+    base = compose_config(
+        f"hydra.searchpath=[file://{CONF_DIR}]", config_dir=ROOT / "sweeps", name="table1", hydra=True
+    )
+    params = base.hydra.sweeper.params
+    assert set(params.experiment.split(",")) == set(TABLE1) == set(EXPERIMENTS) - {"sinusoid"}
+    assert set(params.algorithm.split(",")) == {"maml", "fomaml"}
 
 
 def test_shared_knobs_reach_the_groups():

@@ -8,6 +8,7 @@ with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import itertools
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,20 @@ from mamlrun.train import Schedule, Trainer, evaluate, objective_key, write_json
 
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
 # Flags after which Hydra only prints information: leave those to Hydra itself.
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
-              "--version", "--resolve", "--experimental-rerun"}
+INFO_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--version",
+    "--resolve",
+    "--experimental-rerun",
+}
 VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--package", "-p"}
 MAX_CHECKED_JOBS = 64
 
@@ -126,14 +139,24 @@ def execute(cfg: DictConfig) -> float:
 
     sampler = build(cfg.dataset).to(device, dtype)
     model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
-    learner = build(cfg.algorithm, model=model, task_type=sampler.task_type,
-                    chunk_size=cfg.hardware.get("chunk_size"), strategy=cfg.hardware.strategy)
+    learner = build(
+        cfg.algorithm,
+        model=model,
+        task_type=sampler.task_type,
+        chunk_size=cfg.hardware.get("chunk_size"),
+        strategy=cfg.hardware.strategy,
+    )
     learner = learner.to(device=device, dtype=dtype)
     config = OmegaConf.to_container(cfg, resolve=True)
     schedule = Schedule(
-        meta_iterations=cfg.meta_iterations, meta_batch_size=cfg.meta_batch_size, seed=cfg.seed,
-        log_every=cfg.train.log_every, val_every=cfg.train.val_every, val_tasks=cfg.train.val_tasks,
-        checkpoint_every=cfg.train.checkpoint_every, test_tasks=cfg.eval.test_tasks,
+        meta_iterations=cfg.meta_iterations,
+        meta_batch_size=cfg.meta_batch_size,
+        seed=cfg.seed,
+        log_every=cfg.train.log_every,
+        val_every=cfg.train.val_every,
+        val_tasks=cfg.train.val_tasks,
+        checkpoint_every=cfg.train.checkpoint_every,
+        test_tasks=cfg.eval.test_tasks,
         eval_batch_size=cfg.eval.batch_size,
     )
     started = time.perf_counter()
@@ -178,8 +201,9 @@ def _evaluate_checkpoint(cfg, learner, sampler, schedule: Schedule, run_dir: Pat
         raise MamlrunError(f"checkpoint {path} does not fit this model/algorithm: {str(exc).splitlines()[0]}") from None
     from mamlrun.train import TEST_STREAM
 
-    metrics = evaluate(learner, sampler, "test", schedule.test_tasks, schedule.seed + TEST_STREAM,
-                       schedule.eval_batch_size)
+    metrics = evaluate(
+        learner, sampler, "test", schedule.test_tasks, schedule.seed + TEST_STREAM, schedule.eval_batch_size
+    )
     metrics["test/checkpoint"] = str(path.resolve())
     write_json(run_dir / "metrics.json", metrics)
     key, _ = objective_key(learner, "test")
@@ -218,7 +242,15 @@ def _hydra_entry(cfg: DictConfig) -> float:
         return execute(cfg)
     except MamlrunError as exc:
         error(str(exc))
+        _discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
+
+
+def _discard_if_empty(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but what Hydra wrote before the run failed."""
+    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main() -> None:

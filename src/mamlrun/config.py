@@ -70,6 +70,11 @@ def validate(cfg: DictConfig) -> None:
     backend = cfg.algorithm.get("backend", "func")
     if backend not in BACKENDS:
         raise MamlrunError(f"algorithm.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "learn2learn":
+        from mamlrun.algorithms.l2l import import_learn2learn, learn2learn_target
+
+        learn2learn_target(cfg.algorithm._target_, cfg.algorithm.name)
+        import_learn2learn()
     chunk = cfg.hardware.get("chunk_size")
     if chunk is not None:
         _check_number("hardware.chunk_size", chunk, int, 1, False)
@@ -94,11 +99,16 @@ def select_device(name: str) -> torch.device:
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
-    """Instantiate a group's ``_target_`` with its constructor arguments (``name``/``backend`` left out).
+    """Instantiate a group's ``_target_`` with its constructor arguments (``name``/``tag``/``backend`` left out).
 
-    A :class:`MamlrunError` raised by the constructor reaches the caller as itself, not wrapped.
+    An algorithm with ``backend: learn2learn`` is built as its learn2learn counterpart. A
+    :class:`MamlrunError` raised by the constructor reaches the caller as itself, not wrapped.
     """
     spec = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in META_KEYS}
+    if node.get("backend") == "learn2learn":
+        from mamlrun.algorithms.l2l import learn2learn_target
+
+        spec["_target_"] = learn2learn_target(spec["_target_"], node.get("name"))
     try:
         return instantiate(spec, **kwargs)
     except InstantiationException as exc:

@@ -16,14 +16,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from hydra.experimental.callback import Callback  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import yaml
+from hydra.experimental.callback import Callback
 
-from mamlrun import paper  # noqa: E402
-from mamlrun.data.tasks import TaskBatch  # noqa: E402
+from mamlrun import paper
+from mamlrun.data.tasks import TaskBatch
 
 FIGURE_TASK_SEED = 12345
 
@@ -64,8 +64,12 @@ def sinusoid_fit(learner, sampler, steps: tuple[int, ...] = (0, 1, 10), seed: in
     grid = torch.linspace(*sampler.x_range, 200, device=device, dtype=xs.dtype).view(1, -1, 1)
     batch = TaskBatch(xs, amp * torch.sin(xs - phase), grid, amp * torch.sin(grid - phase))
     preds = learner.predictions(batch, max(steps))
-    out = {"x": grid.flatten().tolist(), "truth": batch.y_query.flatten().tolist(),
-           "x_support": xs.flatten().tolist(), "y_support": batch.y_support.flatten().tolist()}
+    out = {
+        "x": grid.flatten().tolist(),
+        "truth": batch.y_query.flatten().tolist(),
+        "x_support": xs.flatten().tolist(),
+        "y_support": batch.y_support.flatten().tolist(),
+    }
     out.update({f"step{k}": preds[k].flatten().tolist() for k in steps})
     return out
 
@@ -78,8 +82,13 @@ def plot_sinusoid_fits(fits: dict[str, dict], path: Path) -> Path:
         ax.plot(fit["x_support"], fit["y_support"], "^", color="purple", label="support points")
         for key, style in (("step0", ":"), ("step1", "--"), ("step10", "-")):
             if key in fit:
-                ax.plot(fit["x"], fit[key], style, color="C0" if key != "step0" else "gray",
-                        label=f"after {key[4:]} step{'s' if key != 'step1' else ''}")
+                ax.plot(
+                    fit["x"],
+                    fit[key],
+                    style,
+                    color="C0" if key != "step0" else "gray",
+                    label=f"after {key[4:]} step{'s' if key != 'step1' else ''}",
+                )
         ax.set(title=title, xlabel="x")
     axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
@@ -97,8 +106,9 @@ def run_figures(run_dir: Path, learner, sampler, cfg) -> dict[str, Path]:
     if sampler.name == "sinusoid":
         fit = sinusoid_fit(learner, sampler)
         (run_dir / "sinusoid_fit.json").write_text(json.dumps(fit))
-        figures["sinusoid_fit"] = plot_sinusoid_fits({f"{cfg.algorithm.name}, K={cfg.shots}": fit},
-                                                     run_dir / "sinusoid_fit.png")
+        figures["sinusoid_fit"] = plot_sinusoid_fits(
+            {f"{cfg.algorithm.name}, K={cfg.shots}": fit}, run_dir / "sinusoid_fit.png"
+        )
     return figures
 
 
@@ -116,9 +126,16 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         cfg_path = job / ".hydra" / "config.yaml"
         if cfg_path.exists():
             cfg = yaml.safe_load(cfg_path.read_text())
-            row.update({"dataset": cfg["dataset"]["name"], "algorithm": cfg["algorithm"]["name"],
-                        "ways": cfg.get("ways"), "shots": cfg.get("shots"), "inner_steps": cfg.get("inner_steps"),
-                        "seed": cfg.get("seed")})
+            row.update(
+                {
+                    "dataset": cfg["dataset"]["name"],
+                    "algorithm": cfg["algorithm"]["name"],
+                    "ways": cfg.get("ways"),
+                    "shots": cfg.get("shots"),
+                    "inner_steps": cfg.get("inner_steps"),
+                    "seed": cfg.get("seed"),
+                }
+            )
         overrides = job / ".hydra" / "overrides.yaml"
         if overrides.exists():
             row["overrides"] = " ".join(yaml.safe_load(overrides.read_text()) or [])
@@ -144,8 +161,13 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
     df = collect(sweep_dir)
     if df.empty:
         return None
-    keep = [c for c in df.columns if not c.startswith(("test/", "val/", "train/")) or
-            c.endswith(("_mean", "_ci95", "_best")) or c in ("train/wall_s", "test/mse_step1")]
+    keep = [
+        c
+        for c in df.columns
+        if not c.startswith(("test/", "val/", "train/"))
+        or c.endswith(("_mean", "_ci95", "_best"))
+        or c in ("train/wall_s", "test/mse_step1")
+    ]
     return write_table(df[keep], Path(sweep_dir) / "summary")[1]
 
 
@@ -181,8 +203,9 @@ def sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     table = sinusoid_table(sweep_dir)
     shown = table[["algorithm", "K", "seeds"]].copy()
     for k in (1, 5, 10):
-        shown[f"MSE {k} step{'s' if k > 1 else ''}"] = [with_ci(m, c) for m, c in
-                                                        zip(table[f"mse_step{k}"], table[f"ci95_step{k}"])]
+        shown[f"MSE {k} step{'s' if k > 1 else ''}"] = [
+            with_ci(m, c) for m, c in zip(table[f"mse_step{k}"], table[f"ci95_step{k}"])
+        ]
         shown[f"paper {k}"] = [with_ci(p, float("nan"), 2) for p in table[f"paper_step{k}"]]
     shown["wall (s)"] = table["wall_s"].round(0)
     written = list(write_table(table, out_dir / "sinusoid", shown))
@@ -203,15 +226,29 @@ def table1(sweep_dir: Path) -> pd.DataFrame:
     rows = []
     for (cell, algo), group in df.groupby(["experiment", "algorithm"], sort=False):
         published = paper.TABLE1[cell].get(algo, (None, None))
-        rows.append({
-            "cell": cell, "algorithm": algo, "seeds": len(group),
-            "acc": 100 * group["test/acc_mean"].mean(), "ci95": 100 * group["test/acc_ci95"].mean(),
-            "paper": published[0], "paper_ci95": published[1],
-            "meta_iterations": int(group["train/meta_iterations"].max()), "wall_s": group["train/wall_s"].mean(),
-        })
+        rows.append(
+            {
+                "cell": cell,
+                "algorithm": algo,
+                "seeds": len(group),
+                "acc": 100 * group["test/acc_mean"].mean(),
+                "ci95": 100 * group["test/acc_ci95"].mean(),
+                "paper": published[0],
+                "paper_ci95": published[1],
+                "meta_iterations": int(group["train/meta_iterations"].max()),
+                "wall_s": group["train/wall_s"].mean(),
+            }
+        )
     order = {c: i for i, c in enumerate(paper.TABLE1)}
-    return pd.DataFrame(rows).sort_values(["cell", "algorithm"], key=lambda c: c.map(order) if c.name == "cell" else c,
-                                          ascending=[True, False]) if rows else pd.DataFrame(rows)
+    return (
+        pd.DataFrame(rows).sort_values(
+            ["cell", "algorithm"],
+            key=lambda c: c.map(order) if c.name == "cell" else c,
+            ascending=[True, False],
+        )
+        if rows
+        else pd.DataFrame(rows)
+    )
 
 
 def table1_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
@@ -220,12 +257,16 @@ def table1_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     table = table1(sweep_dir)
     if table.empty:
         return []
-    shown = pd.DataFrame({
-        "cell": table["cell"], "algorithm": table["algorithm"],
-        "mamlrun acc (%)": [with_ci(a, c, 2) for a, c in zip(table["acc"], table["ci95"])],
-        "paper (%)": [with_ci(a, c, 2) for a, c in zip(table["paper"], table["paper_ci95"])],
-        "meta-iterations": table["meta_iterations"], "wall (s)": table["wall_s"].round(0),
-    })
+    shown = pd.DataFrame(
+        {
+            "cell": table["cell"],
+            "algorithm": table["algorithm"],
+            "mamlrun acc (%)": [with_ci(a, c, 2) for a, c in zip(table["acc"], table["ci95"])],
+            "paper (%)": [with_ci(a, c, 2) for a, c in zip(table["paper"], table["paper_ci95"])],
+            "meta-iterations": table["meta_iterations"],
+            "wall (s)": table["wall_s"].round(0),
+        }
+    )
     written = list(write_table(table, out_dir / "table1", shown))
     df = collect(sweep_dir)
     df = df[df["experiment"].isin(list(paper.TABLE1))]

@@ -25,9 +25,23 @@ from mamlrun.config import build
 from mamlrun.errors import MamlrunError
 
 ROOT = CONF_DIR.parent
-QUICK = ["meta_iterations=12", "meta_batch_size=2", "train.log_every=4", "train.val_every=6", "train.val_tasks=10",
-         "train.checkpoint_every=0", "eval.test_tasks=20", "eval.batch_size=10", "train.progress=false",
-         "hardware.strategy=batched"]
+# Enough to exercise every stage (train, validate, checkpoint, test, report) in seconds per cell;
+# two jobs at a time in two worker processes, one thread each.
+QUICK = [
+    "meta_iterations=6",
+    "meta_batch_size=2",
+    "train.log_every=3",
+    "train.val_every=3",
+    "train.val_tasks=4",
+    "train.checkpoint_every=3",
+    "eval.test_tasks=10",
+    "eval.batch_size=10",
+    "train.progress=false",
+    "hardware.strategy=batched",
+    "hardware.threads=1",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+]
 SMALL_OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 
 
@@ -35,8 +49,7 @@ def _compose(sweep: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "sweeps"), version_base="1.3"):
-        return compose(sweep, overrides=[f"hydra.searchpath=[file://{CONF_DIR}]", *overrides],
-                       return_hydra_config=True)
+        return compose(sweep, overrides=[f"hydra.searchpath=[file://{CONF_DIR}]", *overrides], return_hydra_config=True)
 
 
 def plan(sweep: str, quick: bool, overrides: list[str]) -> dict[str, tuple[list[str], list[str]]]:
@@ -89,8 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     mamlrun = Path(sys.executable).with_name("mamlrun")
     for dataset, (cells, extra) in runs.items():
-        cmd = [str(mamlrun), "-m", "-cd", str(ROOT / "sweeps"), "-cn", args.table, f"hydra.sweep.dir={out / dataset}",
-               f"experiment={','.join(cells)}", *overrides, *extra]
+        cmd = [
+            str(mamlrun),
+            "-m",
+            "-cd",
+            str(ROOT / "sweeps"),
+            "-cn",
+            args.table,
+            f"hydra.sweep.dir={out / dataset}",
+            f"experiment={','.join(cells)}",
+            *overrides,
+            *extra,
+        ]
         print("reproduce:", " ".join(cmd[1:]), flush=True)
         if subprocess.run(cmd).returncode != 0:
             return 1

@@ -145,9 +145,12 @@ class Trainer:
             return self.ckpt_dir / name
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / name
-        atomic_save(self.state() if name == "last.pt" else {"learner": self.learner.state_dict(),
-                                                             "config": self.config,
-                                                             "iteration": self.iteration}, path)
+        atomic_save(
+            self.state()
+            if name == "last.pt"
+            else {"learner": self.learner.state_dict(), "config": self.config, "iteration": self.iteration},
+            path,
+        )
         return path
 
     def restore(self) -> bool:
@@ -171,8 +174,15 @@ class Trainer:
         s = self.schedule
         if self.iteration >= s.meta_iterations:
             return
-        bar = tqdm(total=s.meta_iterations, initial=self.iteration, disable=not self.progress,
-                   desc="meta-train", dynamic_ncols=True, mininterval=0.5, unit="it")
+        bar = tqdm(
+            total=s.meta_iterations,
+            initial=self.iteration,
+            disable=not self.progress,
+            desc="meta-train",
+            dynamic_ncols=True,
+            mininterval=0.5,
+            unit="it",
+        )
         window: list[dict[str, torch.Tensor]] = []
         started, start_iteration = time.perf_counter(), self.iteration
         while self.iteration < s.meta_iterations:
@@ -182,14 +192,18 @@ class Trainer:
             self.optimizer.step()
             self.iteration += 1
             bar.update(1)
-            due = {name: every and self.iteration % every == 0
-                   for name, every in (("log", s.log_every), ("val", s.val_every), ("ckpt", s.checkpoint_every))}
+            due = {
+                name: every and self.iteration % every == 0
+                for name, every in (("log", s.log_every), ("val", s.val_every), ("ckpt", s.checkpoint_every))
+            }
             if due["log"] or self.iteration == s.meta_iterations:
                 stats = {f"train/{k}": torch.stack([w[k] for w in window]).mean().item() for k in window[0]}
                 window.clear()
                 if not all(math.isfinite(v) for v in stats.values()):
-                    raise MamlrunError(f"training diverged: non-finite loss at iteration {self.iteration} "
-                                       "(lower optimizer.lr or inner_lr)")
+                    raise MamlrunError(
+                        f"training diverged: non-finite loss at iteration {self.iteration} "
+                        "(lower optimizer.lr or inner_lr)"
+                    )
                 elapsed = time.perf_counter() - started
                 stats["train/iters_per_s"] = (self.iteration - start_iteration) / max(elapsed, 1e-9)
                 logger.log(stats, self.iteration)

@@ -126,8 +126,10 @@ class MetaLearner(nn.Module):
         params = self.expand(meta["params"], batch.num_tasks)
         yield params
         for _ in range(steps):
-            params = {k: v.detach() for k, v in self.inner_step(meta, params, batch.x_support,
-                                                                batch.y_support, first_order=True).items()}
+            params = {
+                k: v.detach()
+                for k, v in self.inner_step(meta, params, batch.x_support, batch.y_support, first_order=True).items()
+            }
             yield params
 
     # -- functional pieces ------------------------------------------------------------------
@@ -161,8 +163,9 @@ class MetaLearner(nn.Module):
         """One copy of ``params`` per task (a broadcast view: gradients flow back to the original)."""
         return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
 
-    def inner_step(self, meta: dict[str, Params], params: Params, x: torch.Tensor, y: torch.Tensor,
-                   first_order: bool) -> Params:
+    def inner_step(
+        self, meta: dict[str, Params], params: Params, x: torch.Tensor, y: torch.Tensor, first_order: bool
+    ) -> Params:
         """One SGD step on every task: ``theta'_i = theta_i - alpha * grad L_i(theta_i)``.
 
         ``params`` and the returned dict are batched over tasks. The step stays differentiable for
@@ -171,6 +174,7 @@ class MetaLearner(nn.Module):
         """
         strategy = self.chosen_strategy
         if strategy == "vmap":
+
             def one(p, xt, yt):
                 g = grad(self.loss)(p, xt, yt)
                 return {k: g[k].detach() if first_order else g[k] for k in g}
@@ -184,15 +188,24 @@ class MetaLearner(nn.Module):
             with torch.enable_grad():
                 if strategy == "batched":
                     total = self.batched_metrics(params, x, y)[0].sum()
-                    flat = torch.autograd.grad(total, [params[k] for k in names],
-                                               create_graph=not first_order and needs_graph, retain_graph=True)
+                    flat = torch.autograd.grad(
+                        total,
+                        [params[k] for k in names],
+                        create_graph=not first_order and needs_graph,
+                        retain_graph=True,
+                    )
                 else:
                     per_task = []
                     for t in range(x.shape[0]):
                         p_t = {k: params[k][t] for k in names}
-                        per_task.append(torch.autograd.grad(self.loss(p_t, x[t], y[t]), list(p_t.values()),
-                                                            create_graph=not first_order and needs_graph,
-                                                            retain_graph=True))
+                        per_task.append(
+                            torch.autograd.grad(
+                                self.loss(p_t, x[t], y[t]),
+                                list(p_t.values()),
+                                create_graph=not first_order and needs_graph,
+                                retain_graph=True,
+                            )
+                        )
                     flat = [torch.stack(gs) for gs in zip(*per_task)]
             grads = dict(zip(names, flat))
             if not needs_graph:
@@ -200,8 +213,7 @@ class MetaLearner(nn.Module):
         # A learned step size (Meta-SGD) has the parameter's shape and broadcasts over tasks.
         return {k: p - self.step_size(meta, k) * grads[k] for k, p in params.items()}
 
-    def adapt(self, meta: dict[str, Params], x: torch.Tensor, y: torch.Tensor, steps: int,
-              first_order: bool) -> Params:
+    def adapt(self, meta: dict[str, Params], x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool) -> Params:
         """``steps`` inner updates from the meta-parameters on every task of ``x``, ``y``."""
         params = self.expand(meta["params"], x.shape[0])
         for _ in range(steps):
@@ -227,8 +239,9 @@ class MetaLearner(nn.Module):
             return losses.mean(1), (out.argmax(-1) == y).to(out.dtype).mean(1)
         return (((out - y) ** 2).flatten(1).mean(1),)
 
-    def accumulate(self, objective: Callable[[TaskBatch], tuple[torch.Tensor, ...]],
-                   batch: TaskBatch) -> dict[str, torch.Tensor]:
+    def accumulate(
+        self, objective: Callable[[TaskBatch], tuple[torch.Tensor, ...]], batch: TaskBatch
+    ) -> dict[str, torch.Tensor]:
         """Backpropagate the mean over tasks of ``objective``'s first output, chunk by chunk.
 
         Each chunk's graph is freed after its backward, so memory is bounded by ``chunk_size``

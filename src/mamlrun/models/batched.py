@@ -56,8 +56,15 @@ def layer_forward(layer: nn.Module, params: dict[str, torch.Tensor], x: torch.Te
         out_ch, in_ch = w.shape[1], w.shape[2]
         # Tasks become groups: [tasks, n, c, h, w] -> [n, tasks * c, h, w].
         merged = x.transpose(0, 1).reshape(n, tasks * in_ch, *x.shape[3:])
-        out = F.conv2d(merged, w.reshape(tasks * out_ch, *w.shape[2:]), None if b is None else b.reshape(-1),
-                       layer.stride, layer.padding, layer.dilation, groups=tasks * layer.groups)
+        out = F.conv2d(
+            merged,
+            w.reshape(tasks * out_ch, *w.shape[2:]),
+            None if b is None else b.reshape(-1),
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            groups=tasks * layer.groups,
+        )
         return out.reshape(n, tasks, out_ch, *out.shape[2:]).transpose(0, 1)
     if isinstance(layer, BatchNorm):
         dims = (1, *range(3, x.dim()))

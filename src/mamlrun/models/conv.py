@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mamlrun.errors import MamlrunError
 from mamlrun.models.layers import BatchNorm
 
 
@@ -36,9 +37,11 @@ class Conv4(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
+        if len(input_shape) != 3:
+            raise MamlrunError(f"Conv4 needs image inputs [channels, height, width]; the dataset gives {tuple(input_shape)}")
         if pool not in ("stride", "max"):
             raise ValueError(f"pool must be 'stride' or 'max', not {pool!r}")
-        channels, height, width = input_shape
+        channels = input_shape[0]
         blocks: list[nn.Module] = []
         for _ in range(4):
             stride = 2 if pool == "stride" else 1

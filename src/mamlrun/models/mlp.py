@@ -27,7 +27,11 @@ class MLP(nn.Sequential):
     """
 
     def __init__(
-        self, input_shape: Sequence[int], output_dim: int, hidden: Sequence[int] = (40, 40), batch_norm: bool = False
+        self,
+        input_shape: Sequence[int],
+        output_dim: int,
+        hidden: Sequence[int] = (40, 40),
+        batch_norm: bool = False,
     ) -> None:
         layers: list[nn.Module] = [nn.Flatten()] if len(input_shape) > 1 else []
         width = math.prod(input_shape)
