@@ -338,11 +338,19 @@ def _learn2learn_loop(root: Path, device: torch.device) -> Callable[[], None]:
 
     l2l = import_learn2learn()
     characters, _ = find_characters(root)
-    items = []
-    for label, key in enumerate(sorted(characters)):
-        for source, member in characters[key]:
-            with zipfile.ZipFile(source) if source.suffix == ".zip" else _Folder(source) as z:
-                items.append((z.read(member), label))
+    # The PNG bytes in memory (as a page cache would hold them); decoding happens per item, as in torchvision.
+    readers = {
+        src: zipfile.ZipFile(src) if src.suffix == ".zip" else _Folder(src)
+        for images in characters.values()
+        for src, _ in images
+    }
+    items = [
+        (readers[src].read(member), label)
+        for label, key in enumerate(sorted(characters))
+        for src, member in characters[key]
+    ]
+    for reader in readers.values():
+        reader.close()
 
     class PngDataset(torch.utils.data.Dataset):
         def __len__(self):
@@ -388,19 +396,16 @@ def _learn2learn_loop(root: Path, device: torch.device) -> Callable[[], None]:
 
 
 class _Folder:
-    """``zipfile.ZipFile``'s ``read`` for a plain folder."""
+    """``zipfile.ZipFile``'s ``read`` and ``close`` for a plain folder."""
 
     def __init__(self, root: Path):
         self.root = root
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
     def read(self, member: str) -> bytes:
         return (self.root / member).read_bytes()
+
+    def close(self) -> None:
+        pass
 
 
 def environment() -> dict:
