@@ -63,8 +63,13 @@ def instantiate_all(cfg):
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_group_option_composes_and_instantiates(group, option, data_overrides):
     # An image dataset needs an image model and classification shapes that the data allows.
-    pairs = {"omniglot": "model=conv4", "miniimagenet": "model=conv4_miniimagenet", "conv4": "dataset=omniglot",
-             "conv4_miniimagenet": "dataset=miniimagenet", "mlp_omniglot": "dataset=omniglot"}
+    pairs = {
+        "omniglot": "model=conv4",
+        "miniimagenet": "model=conv4_miniimagenet",
+        "conv4": "dataset=omniglot",
+        "conv4_miniimagenet": "dataset=miniimagenet",
+        "mlp_omniglot": "dataset=omniglot",
+    }
     extra = [pairs[option]] if option in pairs else []
     cfg = with_data(data_overrides, f"{group}={option}", *extra)
     assert cfg[group].name == option

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from mamlrun.config import DTYPES, build, select_device, validate
 from mamlrun.errors import MamlrunError
 from mamlrun.logging import MetricLogger, rank
-from mamlrun.train import Schedule, Trainer, evaluate, objective_key, write_json
+from mamlrun.train import TEST_STREAM, Schedule, Trainer, evaluate, objective_key, write_json
 
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
 # Flags after which Hydra only prints information: leave those to Hydra itself.
@@ -199,8 +199,6 @@ def _evaluate_checkpoint(cfg, learner, sampler, schedule: Schedule, run_dir: Pat
         learner.load_state_dict(state["learner"])
     except (RuntimeError, KeyError, EOFError, OSError) as exc:
         raise MamlrunError(f"checkpoint {path} does not fit this model/algorithm: {str(exc).splitlines()[0]}") from None
-    from mamlrun.train import TEST_STREAM
-
     metrics = evaluate(
         learner, sampler, "test", schedule.test_tasks, schedule.seed + TEST_STREAM, schedule.eval_batch_size
     )

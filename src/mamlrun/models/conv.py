@@ -38,7 +38,8 @@ class Conv4(nn.Module):
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise MamlrunError(f"Conv4 needs image inputs [channels, height, width]; the dataset gives {tuple(input_shape)}")
+            shape = tuple(input_shape)
+            raise MamlrunError(f"Conv4 needs image inputs [channels, height, width]; the dataset gives {shape}")
         if pool not in ("stride", "max"):
             raise ValueError(f"pool must be 'stride' or 'max', not {pool!r}")
         channels = input_shape[0]
