@@ -72,8 +72,10 @@ def test_multirun_sweeps_a_shared_knob_into_separate_run_dirs(tmp_path):
         (["optimizer.lr=-0.1"], "optimizer.lr must be greater than 0"),
         (["inner_lr=-1"], "inner_lr must be at least 0"),
         (["shots=abc"], "shots must be an integer"),
-        (["no_such_key=1"], "no_such_key"),
-        (["algorithm=nope"], "algorithm/nope"),
+        (["no_such_key=1"], "unknown key 'no_such_key' (to add a new key, use +no_such_key=1)"),
+        (["algorithm=nope"], "Could not find 'algorithm/nope' (available: fomaml, maml, metasgd, pretrain, reptile)"),
+        (["-m", "experiment=nope,sinusoid"], "Could not find 'experiment/nope' (available: "),
+        (["inner_steps=[1"], "cannot parse 'inner_steps=[1': no viable alternative at input '[1'"),
         (["-m", "inner_steps=1,-2"], "inner_steps must be at least 0"),
         (
             ["hardware.device=cuda"] if not torch.cuda.is_available() else ["hardware.device=tpu"],

@@ -8,6 +8,7 @@ with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import sys
 import time
@@ -17,6 +18,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,13 +53,25 @@ def error(message: str) -> None:
 
 def one_line(exc: BaseException) -> str:
     """Hydra and OmegaConf explain over several lines; fold them (and their cause) into one."""
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse '{exc.override}': {exc.message.splitlines()[0]}"
     parts, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.startswith("Set the environment")]
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         parts.extend(ln for ln in lines if ln not in parts)
         exc = exc.__cause__
-    return "; ".join(parts) or "invalid configuration"
+    text = "\n".join(parts)
+    unknown = re.search(r"Could not override '([^']+)'.*?To append to your config use (\S+)", text, re.S)
+    if unknown and "is not in struct" in text:
+        return f"unknown key '{unknown.group(1)}' (to add a new key, use {unknown.group(2)})"
+    missing = re.search(
+        r"Could not find '([^']+)'\s*Available options in '[^']+':\s*(.*?)\s*Config search path", text, re.S
+    )
+    if missing:
+        return f"Could not find '{missing.group(1)}' (available: {', '.join(missing.group(2).split())})"
+    keep = [p for p in parts if not p.startswith(("Set the environment", "Config search path", "provider="))]
+    return "; ".join(keep) or "invalid configuration"
 
 
 def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str], bool, bool]:

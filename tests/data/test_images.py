@@ -10,7 +10,7 @@ from mamlrun.errors import MamlrunError
 
 
 def labelled_arrays(classes=12, per_class=10, size=6):
-    """Image (c, i) holds value c at its top-left pixel and i at its bottom-right: the sample says where it came from."""
+    """Image (c, i) holds c at its top-left pixel and i at its bottom-right: a sample says where it came from."""
     arrays = {}
     for split, n in (("train", classes), ("val", 6), ("test", 6)):
         a = torch.zeros(n, per_class, 1, size, size, dtype=torch.uint8)
@@ -30,15 +30,16 @@ def test_shapes_labels_and_disjoint_support_query():
     sampler = ImageTasks(labelled_arrays(), ways=4, shots=2, query_shots=3)
     batch = sampler.sample(7, "train", torch.Generator().manual_seed(0))
     assert batch.x_support.shape == (7, 8, 1, 6, 6) and batch.x_query.shape == (7, 12, 1, 6, 6)
-    assert batch.x_support.dtype == torch.float32 and 0 <= batch.x_support.min() and batch.x_support.max() <= 1
+    assert batch.x_support.dtype == torch.float32 and batch.x_support.min() >= 0 and batch.x_support.max() <= 1
     for t in range(7):
         assert batch.y_support[t].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
         assert batch.y_query[t].tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
         cls_s, img_s = origin(batch.x_support[t])
         cls_q, img_q = origin(batch.x_query[t])
         # Each label is one source class, distinct per task; support and query images never overlap.
-        classes = [set(cls_s[batch.y_support[t] == k].tolist()) | set(cls_q[batch.y_query[t] == k].tolist())
-                   for k in range(4)]
+        classes = [
+            set(cls_s[batch.y_support[t] == k].tolist()) | set(cls_q[batch.y_query[t] == k].tolist()) for k in range(4)
+        ]
         assert all(len(c) == 1 for c in classes) and len({min(c) for c in classes}) == 4
         for k in range(4):
             s = set(img_s[batch.y_support[t] == k].tolist())
@@ -70,16 +71,21 @@ def test_rotations_make_four_classes_per_source_class():
     originals = (arrays["train"].float() / 255).flatten(0, 1)
     seen = set()
     for image in batch.x_support[0]:
-        matches = [(i, k) for i, o in enumerate(originals) for k in range(4) if torch.equal(o.rot90(k, (-2, -1)), image)]
+        matches = [
+            (i, k) for i, o in enumerate(originals) for k in range(4) if torch.equal(o.rot90(k, (-2, -1)), image)
+        ]
         assert matches, "every sample is a rotation of a source image"
         seen.add((matches[0][0] // 6, matches[0][1]))
     assert len(seen) == 12  # all 3 characters x 4 rotations, each its own class
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"ways": 13, "shots": 1, "query_shots": 1}, "ways=13 but the train split has only 12 classes"),
-    ({"ways": 2, "shots": 6, "query_shots": 5}, "shots + query_shots = 6 + 5 but classes have only 10 images"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ways": 13, "shots": 1, "query_shots": 1}, "ways=13 but the train split has only 12 classes"),
+        ({"ways": 2, "shots": 6, "query_shots": 5}, "shots + query_shots = 6 + 5 but classes have only 10 images"),
+    ],
+)
 def test_impossible_task_shapes_are_rejected(kwargs, message):
     with pytest.raises(MamlrunError, match=message.replace("+", r"\+")):
         ImageTasks(labelled_arrays(), **kwargs)

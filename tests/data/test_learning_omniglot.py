@@ -17,7 +17,9 @@ def test_short_maml_run_beats_chance_and_the_untrained_model(omniglot_small, tmp
     learner = MAML(Conv4((1, 28, 28), 5), "classification", 0.4, 1, 3, strategy="batched")
     before = evaluate(learner, sampler, "test", 200, seed=7)
     schedule = Schedule(meta_iterations=150, meta_batch_size=8, log_every=50, test_tasks=200)
-    trainer = Trainer(learner, sampler, torch.optim.Adam(learner.parameters(), 1e-3), schedule, tmp_path, progress=False)
+    trainer = Trainer(
+        learner, sampler, torch.optim.Adam(learner.parameters(), 1e-3), schedule, tmp_path, progress=False
+    )
     logger = MetricLogger(tmp_path)
     trainer.fit(logger)
     logger.finish()

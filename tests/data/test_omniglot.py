@@ -63,12 +63,18 @@ def test_same_split_seed_same_split(omniglot_folder):
     assert torch.equal(a.arrays["test"], b.arrays["test"])
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"split": [1100, 100, 423]}, "asks for 1623 characters but .* holds 6"),
-    ({"split": [4, 1, 1], "ways": 5}, "ways=5 but the val split has only 4 classes"),
-    ({"split": [4, 1, 1], "shots": 15, "query_shots": 6}, "shots \\+ query_shots = 15 \\+ 6 but classes have only 20"),
-    ({"split": [6, 0, 0]}, "the val, test split is empty"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split": [1100, 100, 423]}, "asks for 1623 characters but .* holds 6"),
+        ({"split": [4, 1, 1], "ways": 5}, "ways=5 but the val split has only 4 classes"),
+        (
+            {"split": [4, 1, 1], "shots": 15, "query_shots": 6},
+            "shots \\+ query_shots = 15 \\+ 6 but classes have only 20",
+        ),
+        ({"split": [6, 0, 0]}, "the val, test split is empty"),
+    ],
+)
 def test_impossible_requests_are_clear_errors(omniglot_folder, kwargs, message):
     args = {"ways": 2, "shots": 1, "query_shots": 1, **kwargs}
     with pytest.raises(MamlrunError, match=message):
@@ -76,7 +82,7 @@ def test_impossible_requests_are_clear_errors(omniglot_folder, kwargs, message):
 
 
 def test_missing_data_says_what_to_put_where(tmp_path):
-    with pytest.raises(MamlrunError, match="put images_background.zip and images_evaluation.zip there"):
+    with pytest.raises(MamlrunError, match=r"put images_background\.zip and images_evaluation\.zip there"):
         Omniglot(tmp_path / "nothing", 5, 1, 1)
 
 

@@ -38,8 +38,17 @@ def download(url: str, dest: str | Path, sha256: str | None, timeout: float = 60
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
-            with part.open("wb") as f, tqdm(total=total or None, unit="B", unit_scale=True, disable=not progress,
-                                            desc=f"download {dest.name}", leave=False) as bar:
+            with (
+                part.open("wb") as f,
+                tqdm(
+                    total=total or None,
+                    unit="B",
+                    unit_scale=True,
+                    disable=not progress,
+                    desc=f"download {dest.name}",
+                    leave=False,
+                ) as bar,
+            ):
                 while block := resp.read(CHUNK):
                     f.write(block)
                     digest.update(block)

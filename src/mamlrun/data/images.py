@@ -86,5 +86,9 @@ class ImageTasks:
         labels = torch.arange(self.ways, device=self.device).view(1, -1, 1)
         y = labels.expand(num_tasks, self.ways, n)
         flat = lambda t: t.flatten(1, 2)  # noqa: E731  [T, N, s, ...] -> [T, N*s, ...]
-        return TaskBatch(flat(x[:, :, : self.shots]), flat(y[:, :, : self.shots]).contiguous(),
-                         flat(x[:, :, self.shots :]), flat(y[:, :, self.shots :]).contiguous())
+        return TaskBatch(
+            flat(x[:, :, : self.shots]),
+            flat(y[:, :, : self.shots]).contiguous(),
+            flat(x[:, :, self.shots :]),
+            flat(y[:, :, self.shots :]).contiguous(),
+        )

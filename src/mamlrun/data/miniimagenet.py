@@ -58,8 +58,9 @@ def _from_pickles(root: Path, size: int) -> dict[str, torch.Tensor]:
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
             raise MamlrunError(f"miniimagenet: cannot read {PICKLE.format(split=split)}: {exc}") from None
         if data.shape[1:] != (size, size, 3):
-            raise MamlrunError(f"miniimagenet: {PICKLE.format(split=split)} holds {data.shape[1:]} images, "
-                               f"expected {(size, size, 3)}")
+            raise MamlrunError(
+                f"miniimagenet: {PICKLE.format(split=split)} holds {data.shape[1:]} images, expected {(size, size, 3)}"
+            )
         per_class = min(len(v) for v in classes.values())
         index = np.stack([np.asarray(v[:per_class]) for v in classes.values()])
         arrays[split] = torch.from_numpy(np.ascontiguousarray(data[index].transpose(0, 1, 4, 2, 3)))
@@ -96,11 +97,10 @@ class MiniImagenet(ImageTasks):
             ([root / "images", *(root / f"{s}.csv" for s in SPLITS)], _from_csv),
             ([root / PICKLE.format(split=s) for s in SPLITS], _from_pickles),
         ]
-        for needed, reader in forms:
-            if all(p.exists() for p in needed):
-                break
-        else:
+        found = next(((needed, reader) for needed, reader in forms if all(p.exists() for p in needed)), None)
+        if found is None:
             raise MamlrunError(f"miniimagenet: no data in {root}: {HOW_TO}")
+        needed, reader = found
         sources = [p for p in needed if p.is_file()] + sorted((root / "images").glob("*"))[:1]
         key = fingerprint(sources, size=image_size, reader=reader.__name__)
         cache_file = cache_path("miniimagenet", root, image_size, cache_dir)

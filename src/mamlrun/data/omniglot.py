@@ -87,7 +87,7 @@ def split_counts(split: Sequence[float], total: int, root: Path) -> list[int]:
     if len(split) != 3 or any(s < 0 for s in split):
         raise MamlrunError(f"omniglot: dataset.split needs three non-negative numbers (train, val, test), got {split}")
     if all(s <= 1 for s in split) and sum(split) <= 1 + 1e-9 and not all(float(s).is_integer() for s in split):
-        counts = [int(round(s * total)) for s in split]
+        counts = [round(s * total) for s in split]
         if abs(sum(split) - 1) < 1e-9:  # fractions of everything: the test split takes what rounding left
             counts[2] = total - counts[0] - counts[1]
     else:
