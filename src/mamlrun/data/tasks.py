@@ -35,10 +35,6 @@ class TaskBatch:
         parts = [t.split(size) for t in (self.x_support, self.y_support, self.x_query, self.y_query)]
         return [TaskBatch(*p) for p in zip(*parts)]
 
-    def task(self, i: int) -> TaskBatch:
-        """Task ``i`` as a batch of one."""
-        return TaskBatch(*(t[i : i + 1] for t in (self.x_support, self.y_support, self.x_query, self.y_query)))
-
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> TaskBatch:
         """Cast inputs (and regression targets) to ``dtype``; class labels stay integer."""
 
