@@ -187,7 +187,7 @@ class MetaLearner(nn.Module):
                 params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
             with torch.enable_grad():
                 if strategy == "batched":
-                    total = self.batched_metrics(params, x, y)[0].sum()
+                    total = self.batched_losses(params, x, y).sum()
                     flat = torch.autograd.grad(
                         total,
                         [params[k] for k in names],
@@ -235,9 +235,19 @@ class MetaLearner(nn.Module):
             return vmap(self.metrics)(params, x, y)
         out = batched_forward(self.model, params, x)
         if self.task_type == "classification":
-            losses = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
-            return losses.mean(1), (out.argmax(-1) == y).to(out.dtype).mean(1)
-        return (((out - y) ** 2).flatten(1).mean(1),)
+            return self._task_losses(out, y), (out.argmax(-1) == y).to(out.dtype).mean(1)
+        return (self._task_losses(out, y),)
+
+    def batched_losses(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-task losses only: what an inner step differentiates (no accuracy in the hot path)."""
+        if not self._has_batched_kernels:
+            return vmap(self.loss)(params, x, y)
+        return self._task_losses(batched_forward(self.model, params, x), y)
+
+    def _task_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.task_type == "classification":
+            return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        return ((out - y) ** 2).flatten(1).mean(1)
 
     def accumulate(
         self, objective: Callable[[TaskBatch], tuple[torch.Tensor, ...]], batch: TaskBatch
