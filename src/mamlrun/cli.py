@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mamlrun.config import DTYPES, build, select_device, validate
 from mamlrun.errors import MamlrunError
+from mamlrun.files import write_json
 from mamlrun.logging import MetricLogger, rank
-from mamlrun.train import TEST_STREAM, Schedule, Trainer, evaluate, objective_key, write_json
+from mamlrun.train import TEST_STREAM, Schedule, Trainer, evaluate, objective_key
 
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
 # Flags after which Hydra only prints information: leave those to Hydra itself.

@@ -6,9 +6,7 @@ logger; nothing here names an algorithm or a dataset.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from tqdm import tqdm
 from mamlrun.algorithms.base import MetaLearner
 from mamlrun.data.tasks import TaskSampler
 from mamlrun.errors import MamlrunError
+from mamlrun.files import save_torch
 from mamlrun.logging import MetricLogger, rank
 
 # Validation and test tasks come from their own seeded streams, so every validation sees the
@@ -92,13 +91,6 @@ def objective_key(learner: MetaLearner, split: str) -> tuple[str, bool]:
     return f"{split}/mse_mean", False
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """Write ``path`` whole or not at all (an interrupted write never leaves a broken checkpoint)."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Runs meta-training with periodic validation and checkpoints, then tests the best model.
 
@@ -145,7 +137,7 @@ class Trainer:
             return self.ckpt_dir / name
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / name
-        atomic_save(
+        save_torch(
             self.state()
             if name == "last.pt"
             else {"learner": self.learner.state_dict(), "config": self.config, "iteration": self.iteration},
@@ -249,9 +241,3 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(prefix + key)
     return out
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
-    os.replace(tmp, path)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from mamlrun.files import save_torch
+
 
 def default_cache_dir() -> Path:
     """``$MAMLRUN_CACHE``, else ``~/.cache/mamlrun``."""
@@ -42,10 +44,5 @@ def cached(path: Path, key: str, build: Callable[[], dict[str, torch.Tensor]]) -
             pass  # a corrupt cache is rebuilt
     arrays = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    try:
-        torch.save({"key": key, "arrays": arrays}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_torch({"key": key, "arrays": arrays}, path)
     return arrays
