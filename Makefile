@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 clean
+.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 reproduce-rl-navigation reproduce-rl-locomotion clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -60,6 +60,17 @@ reproduce-sinusoid: install  ## the paper's sinusoid comparison (MAML vs pretrai
 
 reproduce-table1: install  ## the paper's Table 1 (Omniglot, MiniImagenet; MAML and FOMAML) on the data present (QUICK=1: plumbing only)
 	$(BIN)/python -m mamlrun.reproduce table1 $(if $(QUICK),--quick) $(ARGS)
+
+QUICK_RL := meta_iterations=3 meta_batch_size=4 shots=4 train.val_every=0 eval.test_tasks=8
+
+reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random) and trajectory plots (QUICK=1: plumbing only)
+	rm -rf outputs/multirun/rl_navigation2d$(SUFFIX)
+	$(BIN)/mamlrun -cd sweeps -cn rl_navigation2d hydra.sweep.dir=outputs/multirun/rl_navigation2d$(SUFFIX) $(if $(QUICK),$(QUICK_RL)) $(ARGS)
+	$(BIN)/python -m mamlrun.report outputs/multirun/rl_navigation2d$(SUFFIX) --table rl_navigation2d --out outputs/reports$(SUFFIX)
+
+reproduce-rl-locomotion: install  ## half-cheetah forward/backward (MAML, pretrained, random): hours on a CPU; ARGS=meta_iterations=N to stop early
+	$(BIN)/mamlrun -cd sweeps -cn rl_halfcheetah_dir hydra.sweep.dir=outputs/multirun/rl_halfcheetah_dir$(SUFFIX) $(if $(QUICK),$(QUICK_RL)) $(ARGS)
+	$(BIN)/python -m mamlrun.report outputs/multirun/rl_halfcheetah_dir$(SUFFIX) --table rl_halfcheetah_dir --out outputs/reports$(SUFFIX)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache

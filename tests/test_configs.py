@@ -9,9 +9,10 @@ import torch
 from omegaconf import OmegaConf
 
 from mamlrun.algorithms import MetaLearner
-from mamlrun.cli import CONF_DIR, expand_sweeps, prevalidate
+from mamlrun.cli import CONF_DIR, build_run, expand_sweeps, prevalidate
 from mamlrun.config import build, validate
 from mamlrun.errors import MamlrunError
+from mamlrun.rl import MetaRL
 from tests.conftest import ROOT, compose_config
 from tests.data.conftest import OMNIGLOT, tiny_miniimagenet
 
@@ -31,6 +32,7 @@ def data_overrides(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     return {
         "sinusoid": [],
+        **{name: [] for name in ("navigation2d", "halfcheetah_dir", "halfcheetah_vel", "ant_dir", "ant_vel")},
         "omniglot": [f"dataset.root={OMNIGLOT}", "dataset.split=[0.6,0.2,0.2]", f"dataset.cache_dir={cache}"],
         "miniimagenet": [f"dataset.root={mini}", f"dataset.cache_dir={cache}"],
     }
@@ -46,18 +48,11 @@ def with_data(overrides: dict, *args: str):
 def instantiate_all(cfg):
     """Build what a run builds, short of training."""
     validate(cfg)
-    sampler = build(cfg.dataset)
-    model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
-    learner = build(
-        cfg.algorithm,
-        model=model,
-        task_type=sampler.task_type,
-        chunk_size=cfg.hardware.chunk_size,
-        strategy=cfg.hardware.strategy,
-    )
+    sampler, learner = build_run(cfg)
     optimizer = build(cfg.optimizer, params=learner.parameters())
-    assert isinstance(learner, MetaLearner) and isinstance(optimizer, torch.optim.Optimizer)
-    return sampler, model, learner
+    assert isinstance(learner, MetaRL if cfg.dataset.get("kind") == "rl" else MetaLearner)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    return sampler, learner.policy if isinstance(learner, MetaRL) else learner.model, learner
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -69,8 +64,13 @@ def test_every_group_option_composes_and_instantiates(group, option, data_overri
         "conv4": "dataset=omniglot",
         "conv4_miniimagenet": "dataset=miniimagenet",
         "mlp_omniglot": "dataset=omniglot",
+        "gaussian_mlp": "dataset=navigation2d optimizer=trpo",
+        "trpo": "dataset=navigation2d model=gaussian_mlp",
     }
-    extra = [pairs[option]] if option in pairs else []
+    rl = {p.stem for p in (CONF_DIR / "dataset").glob("*.yaml") if "kind: rl" in p.read_text()}
+    if option in rl:
+        pairs[option] = "model=gaussian_mlp optimizer=trpo"
+    extra = pairs[option].split() if option in pairs else []
     cfg = with_data(data_overrides, f"{group}={option}", *extra)
     assert cfg[group].name == option
     if not NEEDS.get((group, option), True):
@@ -83,10 +83,12 @@ def test_every_group_option_composes_and_instantiates(group, option, data_overri
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_instantiates(experiment, data_overrides):
     cfg = with_data(data_overrides, f"experiment={experiment}")
-    _, model, _ = instantiate_all(cfg)
+    sampler, model, _ = instantiate_all(cfg)
     header = (CONF_DIR / "experiment" / f"{experiment}.yaml").read_text()
     assert "# Run: mamlrun experiment=" in header  # every experiment says how to run it
-    if cfg.dataset.name != "sinusoid":
+    if cfg.dataset.get("kind") == "rl":
+        assert model(torch.zeros(3, *sampler.input_shape)).shape == (3, sampler.output_dim)
+    elif cfg.dataset.name != "sinusoid":
         batch = learner_batch(cfg, data_overrides)
         out = model(batch.x_support[0])
         assert out.shape == (cfg.ways * cfg.shots, cfg.ways)
@@ -108,8 +110,8 @@ def test_every_sweep_expands_into_valid_jobs(sweep):
     assert len(jobs) > 1
     for job in jobs:
         cfg = compose_config(f"hydra.searchpath=[file://{CONF_DIR}]", *job, config_dir=ROOT / "sweeps", name=sweep)
-        if cfg.dataset.name != "sinusoid":
-            validate(cfg)  # image datasets are built in test_every_experiment_composes_and_instantiates
+        if cfg.dataset.name not in ("sinusoid", "navigation2d"):
+            validate(cfg)  # image and MuJoCo datasets are built in test_every_experiment_composes_and_instantiates
             continue
         instantiate_all(cfg)
     # The CLI's own pre-flight check accepts it too.
@@ -123,7 +125,11 @@ def test_table1_sweep_covers_every_cell_with_maml_and_fomaml():
         f"hydra.searchpath=[file://{CONF_DIR}]", config_dir=ROOT / "sweeps", name="table1", hydra=True
     )
     params = base.hydra.sweeper.params
-    assert set(params.experiment.split(",")) == set(TABLE1) == set(EXPERIMENTS) - {"sinusoid"}
+    assert (
+        set(params.experiment.split(","))
+        == set(TABLE1)
+        == {e for e in EXPERIMENTS if e != "sinusoid" and not e.startswith("rl_")}
+    )
     assert set(params.algorithm.split(",")) == {"maml", "fomaml"}
 
 
@@ -145,3 +151,29 @@ def test_conf_dir_is_shipped_inside_the_package():
     import mamlrun
 
     assert (Path(mamlrun.__file__).parent / "conf" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["experiment=rl_navigation2d", "algorithm=reptile"], "algorithm=reptile has no RL form"),
+        (["experiment=rl_navigation2d", "optimizer=adam"], "needs optimizer=trpo"),
+        (["experiment=rl_navigation2d", "model=mlp"], "needs model=gaussian_mlp"),
+        (["experiment=rl_navigation2d", "algorithm.backend=learn2learn"], "func backend only"),
+        (["optimizer=trpo"], "optimizer=trpo is for RL datasets"),
+        (["model=gaussian_mlp"], "model=gaussian_mlp is for RL datasets"),
+    ],
+)
+def test_rl_and_supervised_groups_do_not_mix(overrides, message):
+    with pytest.raises(MamlrunError, match=message):
+        validate(compose_config(*overrides))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "pretrain", "random"])
+def test_rl_algorithms_map_to_the_paper_comparisons(algorithm):
+    cfg = compose_config("experiment=rl_navigation2d", f"algorithm={algorithm}")
+    _, _, learner = instantiate_all(cfg)
+    assert learner.inner_steps == (0 if algorithm == "pretrain" else 1)
+    assert learner.first_order == (algorithm == "fomaml")
+    assert (learner.inner_lr, learner.later_inner_lr, learner.test_inner_steps) == (0.1, 0.05, 3)
+    assert cfg.algorithm.get("meta_train", True) == (algorithm != "random")

@@ -152,19 +152,11 @@ def execute(cfg: DictConfig) -> float:
     dtype = DTYPES[cfg.hardware.dtype]
     torch.manual_seed(cfg.seed)
 
-    sampler = build(cfg.dataset).to(device, dtype)
-    model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
-    learner = build(
-        cfg.algorithm,
-        model=model,
-        task_type=sampler.task_type,
-        chunk_size=cfg.hardware.get("chunk_size"),
-        strategy=cfg.hardware.strategy,
-    )
-    learner = learner.to(device=device, dtype=dtype)
+    sampler, learner = build_run(cfg, device, dtype)
     config = OmegaConf.to_container(cfg, resolve=True)
     schedule = Schedule(
-        meta_iterations=cfg.meta_iterations,
+        # An algorithm without meta-training (random init) is evaluated as initialised.
+        meta_iterations=cfg.meta_iterations if cfg.algorithm.get("meta_train", True) else 0,
         meta_batch_size=cfg.meta_batch_size,
         seed=cfg.seed,
         log_every=cfg.train.log_every,
@@ -203,6 +195,36 @@ def execute(cfg: DictConfig) -> float:
     key, _ = objective_key(learner, "test")
     _print_summary(metrics, run_dir, key, resumed)
     return metrics[key]
+
+
+def build_run(cfg: DictConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """The task sampler and the meta-learner (with its network) that ``cfg`` describes."""
+    sampler = build(cfg.dataset).to(device, dtype)
+    model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
+    if sampler.task_type == "rl":
+        from mamlrun.rl import MetaRL
+
+        algorithm = cfg.algorithm
+        learner = MetaRL(
+            model,
+            sampler,
+            inner_lr=algorithm.inner_lr,
+            inner_steps=0 if algorithm.name == "pretrain" else algorithm.inner_steps,
+            test_inner_steps=algorithm.test_inner_steps,
+            shots=cfg.shots,
+            query_shots=cfg.query_shots,
+            first_order=algorithm.get("first_order", False),
+            later_inner_lr=OmegaConf.select(cfg, "rl.later_inner_lr"),
+        )
+    else:
+        learner = build(
+            cfg.algorithm,
+            model=model,
+            task_type=sampler.task_type,
+            chunk_size=cfg.hardware.get("chunk_size"),
+            strategy=cfg.hardware.strategy,
+        )
+    return sampler, learner.to(device=device, dtype=dtype)
 
 
 def _evaluate_checkpoint(cfg, learner, sampler, schedule: Schedule, run_dir: Path) -> float:

@@ -40,7 +40,9 @@ MODES = ("train", "eval")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 BACKENDS = ("func", "learn2learn")
 # Keys of a group file that describe it (for run names, backend choice) rather than being constructor arguments.
-META_KEYS = ("name", "tag", "backend")
+META_KEYS = ("name", "tag", "backend", "kind", "meta_train")
+# Groups options that belong to reinforcement learning (datasets say so with ``kind: rl``).
+RL_ONLY = {"model": "gaussian_mlp", "optimizer": "trpo"}
 
 
 def _check_number(key: str, value: Any, kind: type, minimum: float | None, strict: bool) -> None:
@@ -67,6 +69,7 @@ def validate(cfg: DictConfig) -> None:
         raise MamlrunError("mode=eval needs checkpoint=<path to a .pt file written by a training run>")
     if cfg.hardware.dtype not in DTYPES:
         raise MamlrunError(f"hardware.dtype must be one of {', '.join(DTYPES)}, got {cfg.hardware.dtype!r}")
+    _check_task_kind(cfg)
     backend = cfg.algorithm.get("backend", "func")
     if backend not in BACKENDS:
         raise MamlrunError(f"algorithm.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -83,6 +86,27 @@ def validate(cfg: DictConfig) -> None:
             f"meta_batch_size={cfg.meta_batch_size} must be divisible by the number of processes ({world_size()})"
         )
     select_device(cfg.hardware.device)
+
+
+def _check_task_kind(cfg: DictConfig) -> None:
+    """RL datasets need a policy, TRPO and an algorithm with an RL form; the others need neither."""
+    if cfg.dataset.get("kind") != "rl":
+        for group, option in RL_ONLY.items():
+            if cfg[group].get("name") == option:
+                raise MamlrunError(f"{group}={option} is for RL datasets (dataset=navigation2d, halfcheetah_dir, ...)")
+        return
+    from mamlrun.rl.learner import RL_ALGORITHMS
+
+    dataset = cfg.dataset.name
+    if cfg.algorithm.name not in RL_ALGORITHMS:
+        raise MamlrunError(
+            f"algorithm={cfg.algorithm.name} has no RL form (dataset={dataset} takes one of {', '.join(RL_ALGORITHMS)})"
+        )
+    if cfg.algorithm.get("backend", "func") != "func":
+        raise MamlrunError(f"dataset={dataset} runs on the func backend only (algorithm.backend=func)")
+    for group, option in RL_ONLY.items():
+        if cfg[group].get("name") != option:
+            raise MamlrunError(f"dataset={dataset} needs {group}={option}, got {group}={cfg[group].get('name')}")
 
 
 def select_device(name: str) -> torch.device:

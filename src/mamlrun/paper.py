@@ -2,7 +2,8 @@
 
 References:
     Finn, Abbeel, Levine. ICML 2017: Figure 2/3 (sinusoid MSE after 1/5/10 steps, K = 5) and
-    Table 1 (few-shot classification, mean and 95 % CI).
+    Table 1 (few-shot classification, mean and 95 % CI); section 5.3 (RL: average return after
+    0 / 1 / 2 / 3 policy-gradient steps).
 """
 
 from __future__ import annotations
@@ -23,4 +24,10 @@ TABLE1 = {
     "omniglot_noconv_5w5s": {"maml": (97.5, 0.6)},
     "miniimagenet_5w1s": {"maml": (48.70, 1.84), "fomaml": (48.07, 1.75)},
     "miniimagenet_5w5s": {"maml": (63.11, 0.92), "fomaml": (63.15, 0.91)},
+}
+
+# RL: MAML's average return after 0 / 1 / 2 / 3 policy-gradient steps, per experiment file.
+RL = {
+    "rl_navigation2d": {"maml": {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}},
+    "rl_halfcheetah_dir": {"maml": {0: -50.69, 1: 293.19, 2: 313.48, 3: 315.65}},
 }

@@ -35,15 +35,27 @@ def read_jsonl(path: Path) -> pd.DataFrame:
 
 
 def learning_curve(run_dir: Path) -> Path | None:
-    """``learning_curve.png``: training loss (and validation metric) against meta-iteration."""
+    """``learning_curve.png``: the training signal (and validation metric) against meta-iteration.
+
+    Supervised runs plot the query loss after adaptation (log scale); RL runs the average return
+    before and after adaptation.
+    """
     df = read_jsonl(run_dir / "metrics.jsonl")
-    if df.empty or "train/loss" not in df:
+    rl = "train/return_post" in df
+    if df.empty or not (rl or "train/loss" in df):
         return None
-    val_cols = [c for c in ("val/mse_mean", "val/acc_mean") if c in df]
+    val_cols = [c for c in ("val/mse_mean", "val/acc_mean", "val/return_mean") if c in df]
     fig, axes = plt.subplots(1, 1 + bool(val_cols), figsize=(5 + 4 * bool(val_cols), 3.5), squeeze=False)
-    train = df.dropna(subset=["train/loss"])
-    axes[0, 0].plot(train["step"], train["train/loss"])
-    axes[0, 0].set(xlabel="meta-iteration", ylabel="train/loss (query, after adaptation)", yscale="log")
+    if rl:
+        train = df.dropna(subset=["train/return_post"])
+        axes[0, 0].plot(train["step"], train["train/return_pre"], label="before adaptation")
+        axes[0, 0].plot(train["step"], train["train/return_post"], label="after adaptation")
+        axes[0, 0].set(xlabel="meta-iteration", ylabel="average return (train tasks)")
+        axes[0, 0].legend(fontsize=8)
+    else:
+        train = df.dropna(subset=["train/loss"])
+        axes[0, 0].plot(train["step"], train["train/loss"])
+        axes[0, 0].set(xlabel="meta-iteration", ylabel="train/loss (query, after adaptation)", yscale="log")
     if val_cols:
         val = df.dropna(subset=[val_cols[0]])
         axes[0, 1].plot(val["step"], val[val_cols[0]], marker="o")
@@ -97,6 +109,42 @@ def plot_sinusoid_fits(fits: dict[str, dict], path: Path) -> Path:
     return path
 
 
+def navigation_paths(learner, sampler, goals: int = 3, steps: int = 3, seed: int = FIGURE_TASK_SEED) -> dict:
+    """One sampled trajectory per goal before adaptation and after each of ``steps`` steps (2D navigation)."""
+    device = next(learner.parameters()).device
+    batch = sampler.sample(goals, "test", torch.Generator(device=device).manual_seed(seed))
+    paths = learner.trajectories(batch, steps)
+    out: dict[str, Any] = {"goals": batch.goals.tolist()}
+    for k, episodes in enumerate(paths):
+        lengths = episodes.lengths[:, 0].long().tolist()
+        out[f"step{k}"] = [episodes.obs[i, 0, : lengths[i]].tolist() for i in range(goals)]
+        out[f"return_step{k}"] = episodes.returns[:, 0].tolist()
+    return out
+
+
+def plot_navigation_paths(paths: dict[str, dict], path: Path) -> Path:
+    """Like the paper's Figure 4 (left): trajectories towards each goal before and after adaptation."""
+    fig, axes = plt.subplots(1, len(paths), figsize=(4.2 * len(paths), 4), squeeze=False)
+    for ax, (title, run) in zip(axes[0], paths.items()):
+        steps = sorted(int(k[4:]) for k in run if k.startswith("step"))
+        for g, goal in enumerate(run["goals"]):
+            color = f"C{g}"
+            for k in steps:
+                xy = [[0.0, 0.0], *run[f"step{k}"][g]]
+                style = ":" if k == 0 else "-"
+                alpha = 0.35 + 0.65 * k / max(steps[-1], 1)
+                label = ("pre-update" if k == 0 else f"{k} step{'s' if k > 1 else ''}") if g == 0 else None
+                ax.plot(*zip(*xy), style, color=color, alpha=alpha, lw=1.2, label=label)
+            ax.plot(*goal, "*", color=color, ms=14, mec="k")
+        ax.plot(0, 0, "ko", ms=4)
+        ax.set(title=title, xlim=(-0.6, 0.6), ylim=(-0.6, 0.6), aspect="equal")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def run_figures(run_dir: Path, learner, sampler, cfg) -> dict[str, Path]:
     """Figures written at the end of a run; returned by name for the logger."""
     figures = {}
@@ -109,6 +157,10 @@ def run_figures(run_dir: Path, learner, sampler, cfg) -> dict[str, Path]:
         figures["sinusoid_fit"] = plot_sinusoid_fits(
             {f"{cfg.algorithm.name}, K={cfg.shots}": fit}, run_dir / "sinusoid_fit.png"
         )
+    if sampler.name == "navigation2d":
+        paths = navigation_paths(learner, sampler, steps=min(3, cfg.test_inner_steps))
+        (run_dir / "trajectories.json").write_text(json.dumps(paths))
+        figures["trajectories"] = plot_navigation_paths({cfg.algorithm.name: paths}, run_dir / "trajectories.png")
     return figures
 
 
@@ -166,7 +218,7 @@ def summarize_sweep(sweep_dir: Path) -> Path | None:
         for c in df.columns
         if not c.startswith(("test/", "val/", "train/"))
         or c.endswith(("_mean", "_ci95", "_best"))
-        or c in ("train/wall_s", "test/mse_step1")
+        or c in ("train/wall_s", "test/mse_step1", "test/return_step0")
     ]
     return write_table(df[keep], Path(sweep_dir) / "summary")[1]
 
@@ -284,7 +336,74 @@ def table1_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     return [*written, out_dir / "table1_steps.png"]
 
 
-REPORTS = {"sinusoid": sinusoid_report, "table1": table1_report}
+def rl_table(sweep_dir: Path, experiment: str) -> pd.DataFrame:
+    """Average return after 0..3 steps per algorithm (mean over seeds), with the paper's MAML numbers."""
+    df = collect(sweep_dir)
+    df = df[df["experiment"] == experiment] if "experiment" in df else df.iloc[0:0]
+    rows = []
+    for algo, group in df.groupby("algorithm", sort=False):
+        row: dict[str, Any] = {"algorithm": algo, "seeds": len(group)}
+        for k in range(4):
+            row[f"return_step{k}"] = group.get(f"test/return_step{k}", pd.Series(dtype=float)).mean()
+            row[f"ci95_step{k}"] = group.get(f"test/return_ci95_step{k}", pd.Series(dtype=float)).mean()
+            row[f"paper_step{k}"] = paper.RL.get(experiment, {}).get(algo, {}).get(k)
+        row["meta_iterations"] = int(group["train/meta_iterations"].max())
+        row["wall_s"] = group["train/wall_s"].mean()
+        rows.append(row)
+    order = {"maml": 0, "fomaml": 1, "pretrain": 2, "random": 3}
+    table = pd.DataFrame(rows)
+    return table.sort_values("algorithm", key=lambda c: c.map(lambda a: order.get(a, 9))) if rows else table
+
+
+def rl_report(sweep_dir: Path, out_dir: Path, experiment: str) -> list[Path]:
+    """The RL table (markdown + CSV), return against steps and, for 2D navigation, trajectory plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = rl_table(sweep_dir, experiment)
+    if table.empty:
+        return []
+    shown = table[["algorithm", "seeds"]].copy()
+    for k in range(4):
+        shown[f"{k} steps"] = [with_ci(m, c, 2) for m, c in zip(table[f"return_step{k}"], table[f"ci95_step{k}"])]
+        shown[f"paper {k}"] = [with_ci(p, float("nan"), 2) for p in table[f"paper_step{k}"]]
+    shown["meta-iterations"] = table["meta_iterations"]
+    shown["wall (s)"] = table["wall_s"].round(0)
+    written = list(write_table(table, out_dir / experiment, shown))
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    for _, row in table.iterrows():
+        steps = [k for k in range(4) if not pd.isna(row[f"return_step{k}"])]
+        ax.errorbar(
+            steps,
+            [row[f"return_step{k}"] for k in steps],
+            [row[f"ci95_step{k}"] for k in steps],
+            marker="o",
+            capsize=3,
+            label=row["algorithm"],
+        )
+    published = paper.RL.get(experiment, {}).get("maml")
+    if published:
+        ax.plot(list(published), list(published.values()), "k--", marker="x", label="paper (MAML)")
+    ax.set(xlabel="number of gradient steps", ylabel="average return", title=experiment.removeprefix("rl_"))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{experiment}_steps.png", dpi=110)
+    plt.close(fig)
+    written.append(out_dir / f"{experiment}_steps.png")
+    paths = {}
+    for job in sorted(Path(sweep_dir).glob("*/trajectories.json")):
+        cfg = yaml.safe_load((job.parent / ".hydra" / "config.yaml").read_text())
+        paths[cfg["algorithm"]["name"]] = json.loads(job.read_text())
+    if paths:
+        ordered = dict(sorted(paths.items(), key=lambda kv: {"maml": 0, "pretrain": 1}.get(kv[0], 2)))
+        written.append(plot_navigation_paths(ordered, out_dir / f"{experiment}_trajectories.png"))
+    return written
+
+
+REPORTS = {
+    "sinusoid": sinusoid_report,
+    "table1": table1_report,
+    "rl_navigation2d": lambda sweep, out: rl_report(sweep, out, "rl_navigation2d"),
+    "rl_halfcheetah_dir": lambda sweep, out: rl_report(sweep, out, "rl_halfcheetah_dir"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ def evaluate(
 
     Keys: ``{split}/{m}_step{k}`` and ``{split}/{m}_ci95_step{k}`` for every step ``k``, and
     ``{split}/{m}_mean`` and ``{split}/{m}_ci95`` at the last step, where ``m`` is ``mse`` for
-    regression and ``acc`` (plus ``loss``) for classification.
+    regression, ``acc`` (plus ``loss``) for classification and ``return`` for RL.
     """
     device = next(learner.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -88,6 +88,8 @@ def objective_key(learner: MetaLearner, split: str) -> tuple[str, bool]:
     """The metric that selects the best checkpoint and that sweepers optimise, and whether higher is better."""
     if learner.task_type == "classification":
         return f"{split}/acc_mean", True
+    if learner.task_type == "rl":
+        return f"{split}/return_mean", True
     return f"{split}/mse_mean", False
 
 
@@ -179,9 +181,7 @@ class Trainer:
         started, start_iteration = time.perf_counter(), self.iteration
         while self.iteration < s.meta_iterations:
             batch = self.sampler.sample(s.meta_batch_size, "train", self.generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            window.append(self.learner.meta_gradient(batch))
-            self.optimizer.step()
+            window.append(self.learner.update(batch, self.optimizer))
             self.iteration += 1
             bar.update(1)
             due = {
@@ -199,7 +199,8 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 stats["train/iters_per_s"] = (self.iteration - start_iteration) / max(elapsed, 1e-9)
                 logger.log(stats, self.iteration)
-                bar.set_postfix(loss=f"{stats['train/loss']:.4f}")
+                shown = getattr(self.learner, "progress_stat", "loss")
+                bar.set_postfix({shown: f"{stats[f'train/{shown}']:.4f}"})
             if due["val"]:
                 self.validate(logger)
             if due["ckpt"] or self.iteration == s.meta_iterations:

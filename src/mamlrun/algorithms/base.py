@@ -2,7 +2,7 @@
 
 Every algorithm is an ``nn.Module`` that owns the network (and any other meta-parameters, such as
 Meta-SGD's step sizes), so one optimizer, one ``state_dict`` and one ``.to(device)`` serve them all.
-The trainer only calls :meth:`MetaLearner.meta_gradient` and :meth:`MetaLearner.evaluate`.
+The trainer only calls :meth:`MetaLearner.update` and :meth:`MetaLearner.evaluate`.
 
 Parameters adapted to the tasks of a meta-batch are held *batched*: a dict of tensors whose
 leading dimension is the task. One inner SGD step on all tasks runs by one of three strategies,
@@ -99,6 +99,13 @@ class MetaLearner(nn.Module):
         if self.chosen_strategy is None:
             self.chosen_strategy = self._calibrate(batch)
         return self.task_gradient(batch)
+
+    def update(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """One meta-iteration: the meta-gradient of ``batch``, then one optimizer step."""
+        optimizer.zero_grad(set_to_none=True)
+        stats = self.meta_gradient(batch)
+        optimizer.step()
+        return stats
 
     def task_gradient(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """The algorithm's meta-gradient with ``self.chosen_strategy`` (implemented by subclasses)."""

@@ -1,0 +1,314 @@
+"""Meta-RL task distributions: 2D navigation and MuJoCo locomotion, on gymnasium's current API.
+
+A task distribution samples a meta-batch of tasks (goals) and rolls a policy out on all of them at
+once: ``rollout(act, goals, trajectories, generator)`` steps ``tasks x trajectories`` episodes
+together and calls ``act`` once per time step with every observation ``[tasks, trajectories, obs]``.
+Each one also exists as a single ``gymnasium.Env`` (``make_env``) with the same dynamics and rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from mamlrun.errors import MamlrunError
+from mamlrun.rl.episodes import Episodes
+
+Actor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EnvTaskBatch:
+    """A meta-batch of RL tasks: one goal per task, and the seed of its rollouts' randomness."""
+
+    goals: torch.Tensor  # [tasks, goal_dim]
+    seed: int
+
+    @property
+    def num_tasks(self) -> int:
+        return self.goals.shape[0]
+
+
+class EnvTasks:
+    """What every task distribution shares: sampling goals, device and dtype, the trainer's protocol."""
+
+    task_type = "rl"
+    name = "env"
+    horizon = 100
+    goal_low: tuple[float, ...] = (0.0,)
+    goal_high: tuple[float, ...] = (1.0,)
+
+    def __init__(self, discount: float = 0.99) -> None:
+        self.discount = float(discount)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.obs_dim,)
+
+    @property
+    def output_dim(self) -> int:
+        return self.act_dim
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> EnvTasks:
+        self.device, self.dtype = torch.device(device), dtype
+        return self
+
+    def sample_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        low = torch.tensor(self.goal_low, device=self.device, dtype=self.dtype)
+        high = torch.tensor(self.goal_high, device=self.device, dtype=self.dtype)
+        u = torch.rand(num_tasks, len(self.goal_low), generator=generator, device=generator.device)
+        return low + (high - low) * u.to(self.device, self.dtype)
+
+    def sample(self, num_tasks: int, split: str, generator: torch.Generator) -> EnvTaskBatch:
+        """``num_tasks`` goals; train, validation and test tasks differ by the generator's stream."""
+        goals = self.sample_goals(num_tasks, generator)
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device).item())
+        return EnvTaskBatch(goals, seed)
+
+    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> Episodes:
+        raise NotImplementedError
+
+
+# -- 2D navigation ------------------------------------------------------------------------------
+class Navigation2DEnv(gym.Env):
+    """A point in the plane moves by its (clipped) action; reward is minus the distance to the goal.
+
+    Starts at the origin; the episode terminates within ``goal_tolerance`` of the goal in both
+    coordinates and is truncated after ``horizon`` steps. ``reset(options={"goal": (x, y)})`` sets
+    the goal; otherwise it is drawn uniformly from ``[goal_low, goal_high]^2``.
+
+    References:
+        Finn et al. 2017, section 5.3 (2D navigation); the paper's code, ``point_env_randgoal.py``.
+    """
+
+    metadata: ClassVar[dict] = {"render_modes": []}
+
+    def __init__(
+        self, horizon: int = 100, action_bound: float = 0.1, goal_range=(-0.5, 0.5), goal_tolerance: float = 0.01
+    ) -> None:
+        self.horizon, self.goal_tolerance = horizon, goal_tolerance
+        self.goal_range = tuple(goal_range)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+        self.action_space = gym.spaces.Box(-action_bound, action_bound, (2,), np.float64)
+        self.goal = np.zeros(2)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        goal = (options or {}).get("goal")
+        if goal is None:
+            goal = self.np_random.uniform(*self.goal_range, 2)
+        self.goal = np.asarray(goal, dtype=np.float64)
+        self.state, self.t = np.zeros(2), 0
+        return self.state.copy(), {"goal": self.goal.copy()}
+
+    def step(self, action):
+        self.state = self.state + np.clip(action, self.action_space.low, self.action_space.high)
+        self.t += 1
+        delta = self.state - self.goal
+        reward = -float(np.sqrt((delta**2).sum()))
+        terminated = bool((np.abs(delta) < self.goal_tolerance).all())
+        return self.state.copy(), reward, terminated, self.t >= self.horizon, {"goal": self.goal.copy()}
+
+
+class Navigation2D(EnvTasks):
+    """2D navigation tasks, stepped as tensors: every task and trajectory of a meta-batch at once.
+
+    Identical dynamics, reward and termination to :class:`Navigation2DEnv`.
+    """
+
+    name = "navigation2d"
+    obs_dim = act_dim = 2
+
+    def __init__(
+        self,
+        horizon: int = 100,
+        action_bound: float = 0.1,
+        goal_range: tuple[float, float] = (-0.5, 0.5),
+        goal_tolerance: float = 0.01,
+        discount: float = 0.99,
+    ) -> None:
+        super().__init__(discount)
+        self.horizon, self.action_bound, self.goal_tolerance = int(horizon), float(action_bound), float(goal_tolerance)
+        self.goal_low, self.goal_high = (goal_range[0],) * 2, (goal_range[1],) * 2
+
+    def make_env(self) -> Navigation2DEnv:
+        goal_range = (self.goal_low[0], self.goal_high[0])
+        return Navigation2DEnv(self.horizon, self.action_bound, goal_range, self.goal_tolerance)
+
+    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> Episodes:
+        tasks = goals.shape[0]
+        pos = torch.zeros(tasks, trajectories, 2, device=goals.device, dtype=goals.dtype)
+        alive = torch.ones(tasks, trajectories, device=goals.device, dtype=torch.bool)
+        goal = goals.unsqueeze(1)
+        obs, actions, rewards, masks = [], [], [], []
+        for _ in range(self.horizon):
+            action = act(pos)
+            moved = pos + action.clamp(-self.action_bound, self.action_bound)
+            delta = moved - goal
+            live = alive.to(pos.dtype)
+            obs.append(pos)
+            actions.append(action)
+            rewards.append(-delta.norm(dim=-1) * live)
+            masks.append(live)
+            pos = torch.where(alive.unsqueeze(-1), moved, pos)
+            alive = alive & ~(delta.abs() < self.goal_tolerance).all(-1)
+            if not alive.any():
+                break
+        return _stack(obs, actions, rewards, masks, self.horizon)
+
+
+def _stack(obs, actions, rewards, masks, horizon: int) -> Episodes:
+    """Stack per-step tensors along a time axis, zero-padding to ``horizon`` steps."""
+    pad = horizon - len(obs)
+    parts = []
+    for seq in (obs, actions, rewards, masks):
+        t = torch.stack(seq, dim=2)
+        if pad:
+            t = torch.cat([t, t.new_zeros(*t.shape[:2], pad, *t.shape[3:])], dim=2)
+        parts.append(t)
+    return Episodes(*parts)
+
+
+# -- MuJoCo locomotion --------------------------------------------------------------------------
+class LocomotionTask(gym.Wrapper):
+    """A locomotion task as a reward over a gymnasium MuJoCo (v5) environment.
+
+    ``objective="direction"``: reward ``goal * x_velocity`` with ``goal`` = +1 (forward) or -1 (backward);
+    ``objective="velocity"``: reward ``-|x_velocity - goal|``. Both subtract ``ctrl_cost * |a|^2``
+    (of the action clipped to the action space), add ``survive_reward`` per step and, when
+    ``contact_cost``, the environment's own contact cost (the ant's).
+
+    References:
+        Finn et al. 2017, section 5.3; the paper's code, ``half_cheetah_env_rand(_direc).py`` and
+        ``ant_env_rand(_direc).py`` (the coefficients used here).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        objective: str,
+        goal: float = 1.0,
+        ctrl_cost: float = 0.05,
+        contact_cost: bool = False,
+        survive_reward: float = 0.0,
+    ) -> None:
+        super().__init__(env)
+        if objective not in ("direction", "velocity"):
+            raise MamlrunError(f"locomotion objective must be direction or velocity, got {objective!r}")
+        self.objective, self.goal = objective, float(goal)
+        self.ctrl_cost, self.contact_cost, self.survive_reward = ctrl_cost, contact_cost, survive_reward
+
+    def step(self, action):
+        action = np.clip(action, self.action_space.low, self.action_space.high)
+        obs, _, terminated, truncated, info = self.env.step(action)
+        speed = info["x_velocity"]
+        forward = self.goal * speed if self.objective == "direction" else -abs(speed - self.goal)
+        reward = forward - self.ctrl_cost * float(np.square(action).sum()) + self.survive_reward
+        if self.contact_cost:
+            reward += info.get("reward_contact", 0.0)
+        return obs, float(reward), terminated, truncated, info
+
+
+class Locomotion(EnvTasks):
+    """Half-cheetah / ant direction and velocity tasks over a pool of MuJoCo environments.
+
+    All ``tasks x trajectories`` episodes advance together: one policy call per time step for the
+    whole meta-batch, then one physics step per live episode. Goals: direction tasks draw +1 or -1
+    with equal probability; velocity tasks draw the target speed uniformly from ``goal_range``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        env_id: str,
+        objective: str,
+        goal_range: tuple[float, float] = (0.0, 2.0),
+        horizon: int = 200,
+        ctrl_cost: float = 0.05,
+        contact_cost: bool = False,
+        survive_reward: float = 0.0,
+        discount: float = 0.99,
+    ) -> None:
+        super().__init__(discount)
+        self.name, self.env_id, self.objective, self.horizon = name, env_id, objective, int(horizon)
+        self.goal_low, self.goal_high = (float(goal_range[0]),), (float(goal_range[1]),)
+        self.task_kwargs = dict(
+            objective=objective, ctrl_cost=ctrl_cost, contact_cost=contact_cost, survive_reward=survive_reward
+        )
+        self.pool: list[LocomotionTask] = []
+        probe = self.make_env()
+        self.obs_dim, self.act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        self.pool.append(probe)
+
+    def make_env(self, goal: float = 1.0) -> LocomotionTask:
+        """One task as a gymnasium environment (truncated after ``horizon`` steps)."""
+        try:
+            env = gym.make(self.env_id, max_episode_steps=self.horizon, disable_env_checker=True)
+        except (gym.error.Error, ImportError) as exc:
+            raise MamlrunError(f"cannot make {self.env_id}: {exc}") from None
+        return LocomotionTask(env, goal=goal, **self.task_kwargs)
+
+    def sample_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
+        goals = super().sample_goals(num_tasks, generator)
+        if self.objective == "direction":
+            return torch.where(goals < 0.5 * (self.goal_low[0] + self.goal_high[0]), -1.0, 1.0).to(goals.dtype)
+        return goals
+
+    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> Episodes:
+        tasks = goals.shape[0]
+        n = tasks * trajectories
+        while len(self.pool) < n:
+            self.pool.append(self.make_env())
+        envs = self.pool[:n]
+        seeds = torch.randint(2**31 - 1, (n,), generator=generator, device=generator.device).tolist()
+        goal_list = goals.repeat_interleave(trajectories, 0).flatten().tolist()
+        current = np.zeros((n, self.obs_dim))
+        for i, env in enumerate(envs):
+            env.goal = goal_list[i]
+            current[i] = env.reset(seed=seeds[i])[0]
+        alive = np.ones(n, dtype=bool)
+        obs, actions, rewards, masks = [], [], [], []
+        for _ in range(self.horizon):
+            o = torch.as_tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
+            action = act(o)
+            a = action.detach().reshape(n, -1).cpu().double().numpy()
+            r = np.zeros(n)
+            live = alive.copy()
+            for i in np.flatnonzero(alive):
+                current[i], r[i], terminated, _, _ = envs[i].step(a[i])
+                alive[i] = not terminated
+            obs.append(o)
+            actions.append(action)
+            rewards.append(torch.as_tensor(r, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
+            masks.append(torch.as_tensor(live, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
+            if not alive.any():
+                break
+        return _stack(obs, actions, rewards, masks, self.horizon)
+
+
+def half_cheetah(objective: str, goal_range=(0.0, 2.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
+    """Half-cheetah forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``)."""
+    return Locomotion(
+        f"halfcheetah_{objective[:3]}", "HalfCheetah-v5", objective, goal_range, horizon, 0.05, discount=discount
+    )
+
+
+def ant(objective: str, goal_range=(0.0, 3.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
+    """Ant forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``)."""
+    return Locomotion(
+        f"ant_{objective[:3]}",
+        "Ant-v5",
+        objective,
+        goal_range,
+        horizon,
+        0.005,
+        contact_cost=True,
+        survive_reward=0.05,
+        discount=discount,
+    )

@@ -1,0 +1,250 @@
+"""MAML for reinforcement learning: policy-gradient inner steps, TRPO on the meta-objective.
+
+References:
+    Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
+    Algorithm 3 and section 5.3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mamlrun.errors import MamlrunError
+from mamlrun.rl.envs import EnvTaskBatch, EnvTasks
+from mamlrun.rl.episodes import Episodes, advantages
+from mamlrun.rl.policy import GaussianMLP, Params, kl_divergence, log_prob
+from mamlrun.rl.trpo import TRPO
+
+
+class MetaObjective(NamedTuple):
+    """What one meta-iteration optimises (see :meth:`MetaRL.meta_objective`)."""
+
+    closure: Callable[[bool], tuple[torch.Tensor, torch.Tensor]]
+    fisher_vector: Callable[[torch.Tensor], torch.Tensor]
+    returns: list[torch.Tensor]
+    surrogate: Callable[[Params], tuple[torch.Tensor, torch.Tensor]]
+    supports: list[tuple[Episodes, torch.Tensor]]
+
+
+# The algorithms that have a meta-RL form here, and how each one trains.
+RL_ALGORITHMS = ("maml", "fomaml", "pretrain", "random")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over each task's valid steps: ``[T, N, H] -> [T]``."""
+    return (values * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+
+
+class MetaRL(nn.Module):
+    """MAML with a policy-gradient inner loop and a TRPO outer loop (paper Algorithm 3).
+
+    Per task, ``shots`` trajectories sampled with the current policy give a REINFORCE gradient
+    (advantages from a linear feature baseline fitted to the task's returns); ``inner_steps`` such
+    steps of size ``inner_lr`` adapt the policy, sampling new trajectories before each. The adapted
+    policies then sample ``query_shots`` trajectories per task, and TRPO improves the importance-
+    weighted surrogate of their advantages, differentiated through the adaptation: exactly to second
+    order, or to first order with ``first_order`` (the inner gradients held constant). With
+    ``inner_steps=0`` this is TRPO on the task distribution itself (the paper's pretrained policy).
+
+    Evaluation reports the average undiscounted return after 0, 1, ... steps; test-time steps after
+    the first use ``later_inner_lr`` (the paper: 0.1, then 0.05).
+
+    Args:
+        model: a :class:`~mamlrun.rl.policy.GaussianMLP`.
+        tasks: the task distribution whose ``rollout`` samples trajectories.
+        inner_lr: step size alpha of the policy-gradient steps.
+        inner_steps: adaptation steps during meta-training.
+        test_inner_steps: adaptation steps at evaluation (returns are kept after every one).
+        shots: trajectories per task for every adaptation step.
+        query_shots: trajectories per task sampled with the adapted policies for the meta-update.
+        first_order: hold the inner gradients constant in the meta-gradient.
+        later_inner_lr: step size of evaluation steps after the first (``None``: ``inner_lr``).
+    """
+
+    task_type = "rl"
+    progress_stat = "return_post"
+
+    def __init__(
+        self,
+        model: GaussianMLP,
+        tasks: EnvTasks,
+        inner_lr: float,
+        inner_steps: int,
+        test_inner_steps: int,
+        shots: int,
+        query_shots: int,
+        first_order: bool = False,
+        later_inner_lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, GaussianMLP):
+            raise MamlrunError(f"RL tasks need a policy (model=gaussian_mlp), not {type(model).__name__}")
+        self.policy, self.tasks = model, tasks
+        self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
+        self.test_inner_steps = int(test_inner_steps)
+        self.shots, self.query_shots, self.first_order = int(shots), int(query_shots), bool(first_order)
+        self.later_inner_lr = float(inner_lr if later_inner_lr is None else later_inner_lr)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def actor(self, params: Params, generator: torch.Generator):
+        """A sampling function for ``rollout``: Gaussian actions from per-task ``params``."""
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                mean, log_std = self.policy.distribution(params, obs)
+                noise = torch.randn(mean.shape, generator=generator, device=generator.device)
+                return mean + torch.exp(log_std) * noise.to(mean.device, mean.dtype)
+
+        return act
+
+    def sample(self, params: Params, goals: torch.Tensor, trajectories: int, generator) -> Episodes:
+        return self.tasks.rollout(self.actor(params, generator), goals, trajectories, generator)
+
+    def log_probs(self, params: Params, episodes: Episodes) -> torch.Tensor:
+        t, n, h = episodes.mask.shape
+        mean, log_std = self.policy.distribution(params, episodes.obs.reshape(t, n * h, -1))
+        return log_prob(mean, log_std, episodes.actions.reshape(t, n * h, -1)).view(t, n, h)
+
+    def inner_loss(self, params: Params, episodes: Episodes, adv: torch.Tensor) -> torch.Tensor:
+        """REINFORCE loss per task: ``-mean_t log pi(a_t | s_t) * A_t`` over valid steps, ``[T]``.
+
+        References:
+            Williams 1992 (REINFORCE); Finn et al. 2017, Algorithm 3, line 6.
+        """
+        return -masked_mean(self.log_probs(params, episodes) * adv, episodes.mask)
+
+    def adapt_step(self, params: Params, episodes: Episodes, adv: torch.Tensor, lr: float, create_graph: bool):
+        """One policy-gradient step on every task (tasks are independent: one backward gives all)."""
+        # Without create_graph the gradient is a constant: the result still depends on ``params`` (to
+        # first order, through the identity) unless they are detached themselves.
+        inputs = params if create_graph else {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():  # the step is a gradient even where the caller computes values only
+            loss = self.inner_loss(inputs, episodes, adv).sum()
+            grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph)
+        return {k: v - lr * g for (k, v), g in zip(params.items(), grads)}
+
+    def adapt(self, tasks: int, supports: list[tuple[Episodes, torch.Tensor]], create_graph: bool) -> Params:
+        """The adapted parameters as a function of the meta-parameters, replaying the support data."""
+        params = self.policy.batched_params(tasks)
+        for episodes, adv in supports:
+            params = self.adapt_step(params, episodes, adv, self.inner_lr, create_graph)
+        return params
+
+    def kl_hessian_vector(self, tasks, supports, query: Episodes, old_mean, old_log_std):
+        """``v -> H v`` for ``H`` the Hessian of the surrogate's KL with respect to the meta-parameters.
+
+        At the current parameters the adapted policies equal the old ones, where the KL's gradient
+        in the adapted parameters vanishes, so ``H = J^T F J`` exactly: ``F`` the KL's Hessian in the
+        adapted parameters (on the query trajectories), ``J = prod_j (I - alpha H_j)`` the Jacobian
+        of the adaptation with ``H_j`` the inner loss's Hessian at step ``j`` (``J = I`` to first
+        order). Products with ``H_j`` and ``F`` are double-backward passes through first-order
+        graphs, much cheaper than differentiating the KL's gradient through the adaptation.
+        """
+        inner = []
+        params = {k: v.detach() for k, v in self.policy.batched_params(tasks).items()}
+        for episodes, adv in supports:
+            leaf = {k: v.requires_grad_(True) for k, v in params.items()}
+            g = torch.autograd.grad(self.inner_loss(leaf, episodes, adv).sum(), list(leaf.values()), create_graph=True)
+            inner.append((list(leaf.values()), g))
+            params = {k: (v - self.inner_lr * gk).detach() for (k, v), gk in zip(leaf.items(), g)}
+        leaf = [v.requires_grad_(True) for v in params.values()]
+        t, n, h = query.mask.shape
+        mean, log_std = self.policy.distribution(dict(zip(params, leaf)), query.obs.reshape(t, n * h, -1))
+        kl = masked_mean(kl_divergence(old_mean, old_log_std, mean, log_std).view(t, n, h), query.mask).mean()
+        kl_grad = torch.autograd.grad(kl, leaf, create_graph=True)
+        shapes = [p.shape for p in self.policy.parameters()]
+
+        def product(grads, inputs, vector):
+            dot = sum((g * v).sum() for g, v in zip(grads, vector))
+            return torch.autograd.grad(dot, inputs, retain_graph=True)
+
+        def jacobian(vector, steps):
+            if self.first_order:
+                return vector
+            for inputs, grads in steps:
+                vector = [v - self.inner_lr * hv for v, hv in zip(vector, product(grads, inputs, vector))]
+            return vector
+
+        def fisher_vector(flat: torch.Tensor) -> torch.Tensor:
+            parts = flat.split([s.numel() for s in shapes])
+            vector = [p.view(s).unsqueeze(0).expand(tasks, *s) for p, s in zip(parts, shapes)]
+            vector = jacobian(product(kl_grad, leaf, jacobian(vector, inner)), reversed(inner))
+            return torch.cat([v.sum(0).reshape(-1) for v in vector])
+
+        return fisher_vector
+
+    # -- what the trainer calls -----------------------------------------------------------------
+    def meta_objective(self, batch: EnvTaskBatch) -> MetaObjective:
+        """Sample the meta-batch's trajectories; return the TRPO objective over them.
+
+        ``closure(differentiable)`` gives the surrogate loss ``-mean_i E[pi_theta'_i / pi_old * A]``
+        over the query trajectories and the mean KL from the sampling (old) adapted policies, both as
+        functions of the meta-parameters through the adaptation; ``surrogate`` gives the same from
+        given adapted parameters; ``fisher_vector`` multiplies by the KL's Hessian
+        (:meth:`kl_hessian_vector`); ``returns`` holds the mean return before each adaptation step
+        and after the last.
+        """
+        gen = torch.Generator(device=batch.goals.device).manual_seed(batch.seed)
+        tasks, discount = batch.num_tasks, self.tasks.discount
+        params = {k: v.detach() for k, v in self.policy.batched_params(tasks).items()}
+        supports, returns = [], []
+        for _ in range(self.inner_steps):
+            episodes = self.sample(params, batch.goals, self.shots, gen)
+            adv = advantages(episodes, discount)
+            supports.append((episodes, adv))
+            returns.append(episodes.returns.mean())
+            params = self.adapt_step(params, episodes, adv, self.inner_lr, create_graph=False)
+        query = self.sample(params, batch.goals, self.query_shots, gen)
+        returns.append(query.returns.mean())
+        query_adv = advantages(query, discount)
+        t, n, h = query.mask.shape
+        obs, actions = query.obs.reshape(t, n * h, -1), query.actions.reshape(t, n * h, -1)
+        with torch.no_grad():
+            old_mean, old_log_std = self.policy.distribution(params, obs)
+            old_logp = log_prob(old_mean, old_log_std, actions).view(t, n, h)
+
+        def surrogate(adapted: Params) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, log_std = self.policy.distribution(adapted, obs)
+            ratio = torch.exp(log_prob(mean, log_std, actions).view(t, n, h) - old_logp)
+            loss = -masked_mean(ratio * query_adv, query.mask).mean()
+            kl = kl_divergence(old_mean, old_log_std, mean, log_std).view(t, n, h)
+            return loss, masked_mean(kl, query.mask).mean()
+
+        def closure(differentiable: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            return surrogate(self.adapt(tasks, supports, create_graph=differentiable and not self.first_order))
+
+        fisher_vector = self.kl_hessian_vector(tasks, supports, query, old_mean, old_log_std)
+        return MetaObjective(closure, fisher_vector, returns, surrogate, supports)
+
+    def update(self, batch: EnvTaskBatch, optimizer: TRPO) -> dict[str, torch.Tensor]:
+        """One meta-iteration: sample, adapt, sample again, one TRPO step on the meta-parameters."""
+        if not isinstance(optimizer, TRPO):
+            raise MamlrunError("meta-RL needs optimizer=trpo")
+        objective = self.meta_objective(batch)
+        stats = optimizer.step(objective.closure, objective.fisher_vector)
+        returns = objective.returns
+        out = {f"return_step{k}": r for k, r in enumerate(returns)}
+        out["return_pre"], out["return_post"] = returns[0], returns[-1]
+        out.update({k: torch.tensor(float(v)) for k, v in stats.items()})
+        return out
+
+    def evaluate(self, batch: EnvTaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Average return per task after 0..steps adaptation steps: ``{"return": [steps + 1, tasks]}``."""
+        steps = self.test_inner_steps if steps is None else steps
+        return {"return": torch.stack([e.returns.mean(1) for e in self.trajectories(batch, steps)])}
+
+    def trajectories(self, batch: EnvTaskBatch, steps: int) -> list[Episodes]:
+        """The episodes sampled before and after each of ``steps`` adaptation steps."""
+        gen = torch.Generator(device=batch.goals.device).manual_seed(batch.seed)
+        params = {k: v.detach() for k, v in self.policy.batched_params(batch.num_tasks).items()}
+        out = []
+        for k in range(steps + 1):
+            out.append(self.sample(params, batch.goals, self.shots, gen))
+            if k < steps:
+                lr = self.inner_lr if k == 0 else self.later_inner_lr
+                params = self.adapt_step(params, out[-1], advantages(out[-1], self.tasks.discount), lr, False)
+        return out

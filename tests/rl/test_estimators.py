@@ -1,0 +1,91 @@
+"""The policy-gradient estimator is unbiased and the linear baseline reduces its variance."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mamlrun.rl import GaussianMLP, MetaRL, Navigation2D
+from mamlrun.rl.episodes import Episodes, advantages, discounted_returns, linear_baseline
+
+C = 0.7  # the reward's optimum: r(a) = -(a - C)^2
+
+
+def bandit(policy: GaussianMLP, samples: int, gen: torch.Generator, obs: torch.Tensor | None = None) -> Episodes:
+    """One-step episodes of a 1-D Gaussian policy on r(a) = -(a - C)^2 (+ an offset that depends on the state)."""
+    obs = torch.ones(1, samples, 1, 1, dtype=torch.float64) if obs is None else obs
+    params = {k: v.detach() for k, v in policy.batched_params(1).items()}
+    mean, log_std = policy.distribution(params, obs.view(1, samples, 1))
+    actions = mean + log_std.exp() * torch.randn(mean.shape, generator=gen, dtype=torch.float64)
+    rewards = -((actions - C) ** 2).view(1, samples, 1) + 50 * obs.view(1, samples, 1)
+    return Episodes(obs, actions.view(1, samples, 1, 1), rewards, torch.ones_like(rewards))
+
+
+def reinforce_gradient(learner: MetaRL, episodes: Episodes, adv: torch.Tensor) -> torch.Tensor:
+    """The REINFORCE estimate of the gradient of the expected return (minus the inner loss's gradient)."""
+    loss = learner.inner_loss(learner.policy.batched_params(1), episodes, adv).sum()
+    return -torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(learner.policy.parameters()))])
+
+
+def make_learner() -> MetaRL:
+    torch.manual_seed(0)
+    policy = GaussianMLP((1,), 1, hidden=(), init_std=0.5).double()  # mean = w * obs + b
+    with torch.no_grad():
+        policy.layers[0].weight.fill_(0.1)
+        policy.layers[0].bias.fill_(0.0)
+    return MetaRL(policy, Navigation2D(), inner_lr=0.1, inner_steps=1, test_inner_steps=1, shots=1, query_shots=1)
+
+
+def test_policy_gradient_is_unbiased():
+    learner = make_learner()
+    gen = torch.Generator().manual_seed(0)
+    # With obs = 1: mean mu = w + b, J = -((mu - C)^2 + sigma^2) + 50, dJ/dlog_sigma = -2 sigma^2,
+    # dJ/dw = dJ/db = -2 (mu - C). (Parameters in the policy's order: log_std, weight, bias.)
+    mu, sigma = 0.1, 0.5
+    exact = torch.tensor([-2 * sigma**2, -2 * (mu - C), -2 * (mu - C)], dtype=torch.float64)
+    estimates = []
+    for _ in range(40):
+        episodes = bandit(learner.policy, 20000, gen)
+        estimates.append(reinforce_gradient(learner, episodes, episodes.rewards))
+    estimates = torch.stack(estimates)
+    stderr = estimates.std(0) / math.sqrt(len(estimates))
+    assert ((estimates.mean(0) - exact).abs() < 4 * stderr).all(), (estimates.mean(0), exact, stderr)
+    assert (stderr < 0.25 * exact.abs()).all()  # precise enough that a biased estimator would fail
+
+
+def test_linear_baseline_reduces_variance_and_keeps_the_mean():
+    learner = make_learner()
+    gen = torch.Generator().manual_seed(1)
+    plain, based = [], []
+    for _ in range(60):
+        obs = torch.rand(1, 200, 1, 1, generator=gen, dtype=torch.float64)  # reward offset 50 * obs
+        episodes = bandit(learner.policy, 200, gen, obs)
+        returns = discounted_returns(episodes.rewards, 0.99)
+        plain.append(reinforce_gradient(learner, episodes, returns))
+        based.append(reinforce_gradient(learner, episodes, returns - linear_baseline(episodes, returns)))
+    plain, based = torch.stack(plain), torch.stack(based)
+    assert (based.var(0) < 0.05 * plain.var(0)).all(), (based.var(0), plain.var(0))
+    stderr = plain.std(0) / math.sqrt(len(plain))
+    assert ((based.mean(0) - plain.mean(0)).abs() < 4 * stderr).all()
+
+
+def test_discounted_returns_and_advantages():
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64)
+    expected = torch.zeros_like(rewards)
+    running = torch.zeros(2, 3, dtype=torch.float64)
+    for t in reversed(range(7)):
+        running = rewards[..., t] + 0.9 * running
+        expected[..., t] = running
+    assert torch.allclose(discounted_returns(rewards, 0.9), expected)
+    mask = torch.ones_like(rewards)
+    mask[0, 0, 4:] = 0
+    episodes = Episodes(
+        torch.randn(2, 3, 7, 2, generator=gen, dtype=torch.float64), torch.zeros(2, 3, 7, 1), rewards * mask, mask
+    )
+    adv = advantages(episodes, 0.9)
+    assert adv[0, 0, 4:].abs().sum() == 0
+    for task in range(2):
+        valid = adv[task][mask[task] > 0]
+        assert abs(valid.mean()) < 1e-9 and abs(valid.std(unbiased=False) - 1) < 1e-6
