@@ -73,7 +73,10 @@ def test_multirun_sweeps_a_shared_knob_into_separate_run_dirs(tmp_path):
         (["inner_lr=-1"], "inner_lr must be at least 0"),
         (["shots=abc"], "shots must be an integer"),
         (["no_such_key=1"], "unknown key 'no_such_key' (to add a new key, use +no_such_key=1)"),
-        (["algorithm=nope"], "Could not find 'algorithm/nope' (available: fomaml, maml, metasgd, pretrain, reptile)"),
+        (
+            ["algorithm=nope"],
+            "Could not find 'algorithm/nope' (available: fomaml, maml, metasgd, pretrain, random, reptile)",
+        ),
         (["-m", "experiment=nope,sinusoid"], "Could not find 'experiment/nope' (available: "),
         (["inner_steps=[1"], "cannot parse 'inner_steps=[1': no viable alternative at input '[1'"),
         (["-m", "inner_steps=1,-2"], "inner_steps must be at least 0"),
