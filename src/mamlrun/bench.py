@@ -7,6 +7,8 @@ per meta-iteration, the ratio against learn2learn (the reference), peak memory, 
 difference between each meta-gradient and the reference's (a check that the speed is not bought
 with a different computation). Benchmarks report; they never fail.
 
+The meta-RL update is compared in :mod:`mamlrun.rl.bench`.
+
 Usage: ``python -m mamlrun.bench [--cases sinusoid,omniglot_5w1s] [--device cpu] [--seconds 5]``
 """
 
@@ -427,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/bench.json"))
     parser.add_argument("--e2e-iterations", type=int, default=10, help="end-to-end Omniglot iterations (0: skip)")
     parser.add_argument("--omniglot", type=Path, help="Omniglot folder for the end-to-end comparison")
+    parser.add_argument("--rl-repeats", type=int, default=2, help="timed MAML-TRPO meta-updates (0: skip)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     env = environment()
@@ -438,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\nend to end: skipped, no Omniglot data (give --omniglot <folder>)")
         else:
             rows += end_to_end(root, args.e2e_iterations, device)
+    if args.rl_repeats:
+        from mamlrun.rl.bench import rl_update
+
+        rows += rl_update(args.rl_repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env, "results": rows}, indent=2))
     print(f"\nwritten: {args.out}")

@@ -40,6 +40,16 @@ def test_navigation_env_follows_the_specification():
     assert env.step(np.zeros(2))[3]  # horizon 100
 
 
+def test_navigation_env_passes_gymnasiums_checker():
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make("mamlrun/Navigation2D-v0")
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+
+
 def test_navigation_batched_rollout_equals_single_env_stepping():
     tasks = Navigation2D(horizon=30)
     gen = torch.Generator().manual_seed(0)

@@ -94,7 +94,8 @@ class Navigation2DEnv(gym.Env):
     ) -> None:
         self.horizon, self.goal_tolerance = horizon, goal_tolerance
         self.goal_range = tuple(goal_range)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+        reach = horizon * action_bound  # the farthest the point can get from the origin in each coordinate
+        self.observation_space = gym.spaces.Box(-reach, reach, (2,), np.float64)
         self.action_space = gym.spaces.Box(-action_bound, action_bound, (2,), np.float64)
         self.goal = np.zeros(2)
 
@@ -114,6 +115,9 @@ class Navigation2DEnv(gym.Env):
         reward = -float(np.sqrt((delta**2).sum()))
         terminated = bool((np.abs(delta) < self.goal_tolerance).all())
         return self.state.copy(), reward, terminated, self.t >= self.horizon, {"goal": self.goal.copy()}
+
+
+gym.register("mamlrun/Navigation2D-v0", entry_point=Navigation2DEnv)
 
 
 class Navigation2D(EnvTasks):
@@ -242,17 +246,21 @@ class Locomotion(EnvTasks):
             objective=objective, ctrl_cost=ctrl_cost, contact_cost=contact_cost, survive_reward=survive_reward
         )
         self.pool: list[LocomotionTask] = []
-        probe = self.make_env()
+        probe = self.make_env(bare=True)
         self.obs_dim, self.act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
         self.pool.append(probe)
 
-    def make_env(self, goal: float = 1.0) -> LocomotionTask:
-        """One task as a gymnasium environment (truncated after ``horizon`` steps)."""
+    def make_env(self, goal: float = 1.0, bare: bool = False) -> LocomotionTask:
+        """One task as a gymnasium environment (truncated after ``horizon`` steps).
+
+        ``bare`` leaves out gymnasium's wrappers (time limit, order and API checks): the batched
+        rollout, which enforces the horizon itself, steps the physics without their overhead.
+        """
         try:
             env = gym.make(self.env_id, max_episode_steps=self.horizon, disable_env_checker=True)
         except (gym.error.Error, ImportError) as exc:
             raise MamlrunError(f"cannot make {self.env_id}: {exc}") from None
-        return LocomotionTask(env, goal=goal, **self.task_kwargs)
+        return LocomotionTask(env.unwrapped if bare else env, goal=goal, **self.task_kwargs)
 
     def sample_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         goals = super().sample_goals(num_tasks, generator)
@@ -264,7 +272,7 @@ class Locomotion(EnvTasks):
         tasks = goals.shape[0]
         n = tasks * trajectories
         while len(self.pool) < n:
-            self.pool.append(self.make_env())
+            self.pool.append(self.make_env(bare=True))
         envs = self.pool[:n]
         seeds = torch.randint(2**31 - 1, (n,), generator=generator, device=generator.device).tolist()
         goal_list = goals.repeat_interleave(trajectories, 0).flatten().tolist()

@@ -28,6 +28,7 @@ class MetaObjective(NamedTuple):
     returns: list[torch.Tensor]
     surrogate: Callable[[Params], tuple[torch.Tensor, torch.Tensor]]
     supports: list[tuple[Episodes, torch.Tensor]]
+    query: tuple[Episodes, torch.Tensor, dict[str, torch.Tensor]]  # episodes, advantages, old policy
 
 
 # The algorithms that have a meta-RL form here, and how each one trains.
@@ -218,7 +219,8 @@ class MetaRL(nn.Module):
             return surrogate(self.adapt(tasks, supports, create_graph=differentiable and not self.first_order))
 
         fisher_vector = self.kl_hessian_vector(tasks, supports, query, old_mean, old_log_std)
-        return MetaObjective(closure, fisher_vector, returns, surrogate, supports)
+        old = {"mean": old_mean.view(t, n, h, -1), "log_std": old_log_std, "logp": old_logp}
+        return MetaObjective(closure, fisher_vector, returns, surrogate, supports, (query, query_adv, old))
 
     def update(self, batch: EnvTaskBatch, optimizer: TRPO) -> dict[str, torch.Tensor]:
         """One meta-iteration: sample, adapt, sample again, one TRPO step on the meta-parameters."""
