@@ -1,10 +1,13 @@
-"""RL runs through the ``mamlrun`` command: outputs, exact resume, one-line errors."""
+"""RL runs end to end: the ``mamlrun`` command's outputs, exact resume, one-line errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from mamlrun.logging import MetricLogger
+from mamlrun.rl import TRPO, GaussianMLP, MetaRL, Navigation2D
+from mamlrun.train import Schedule, Trainer
 from tests.conftest import read_metrics, run_mamlrun
 
 TINY_RL = [
@@ -34,27 +37,36 @@ def test_navigation_run_reports_returns_after_each_step(tmp_path):
     assert "test/return_step1" in proc.stdout
 
 
+def test_random_init_is_evaluated_without_meta_training(tmp_path):
+    run_mamlrun(*TINY_RL, "algorithm=random", "meta_iterations=4", "hydra.run.dir=out", cwd=tmp_path)
+    metrics = read_metrics(tmp_path / "out")
+    assert metrics["train/meta_iterations"] == 0 and "test/return_step3" in metrics
+
+
 def test_navigation_resume_continues_exactly(tmp_path):
-    run_mamlrun(*TINY_RL, "meta_iterations=4", "hydra.run.dir=whole", cwd=tmp_path)
-    run_mamlrun(*TINY_RL, "meta_iterations=2", "hydra.run.dir=split", cwd=tmp_path)
-    # Resuming with more iterations changes the config; resume the same config from a mid-run checkpoint instead.
-    state = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
-    state["config"]["meta_iterations"] = 4
-    torch.save(state, tmp_path / "split" / "checkpoints" / "last.pt")
-    run_mamlrun(*TINY_RL, "meta_iterations=4", "resume=true", "hydra.run.dir=split", cwd=tmp_path)
-    whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=False)["learner"]
-    split = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)["learner"]
-    assert all(torch.equal(whole[k], split[k]) for k in whole)
-    assert (
-        read_metrics(tmp_path / "whole")["test/return_step3"] == read_metrics(tmp_path / "split")["test/return_step3"]
-    )
+    """Stopped after 2 of 4 meta-iterations and resumed: the same parameters as 4 in one go."""
+
+    def trainer(run_dir, iterations):
+        torch.manual_seed(0)
+        tasks = Navigation2D(horizon=20)
+        learner = MetaRL(GaussianMLP((2,), 2), tasks, 0.1, 1, 1, shots=3, query_shots=3)
+        schedule = Schedule(meta_iterations=iterations, meta_batch_size=3, checkpoint_every=1)
+        return Trainer(learner, tasks, TRPO(learner.parameters()), schedule, run_dir, progress=False)
+
+    whole = trainer(tmp_path / "whole", 4)
+    whole.fit(MetricLogger(tmp_path / "whole"))
+    trainer(tmp_path / "split", 2).fit(MetricLogger(tmp_path / "split"))
+    resumed = trainer(tmp_path / "split", 4)
+    torch.manual_seed(123)  # the global RNG state is restored from the checkpoint, not taken from here
+    assert resumed.restore() and resumed.iteration == 2
+    resumed.fit(MetricLogger(tmp_path / "split"))
+    assert all(torch.equal(a, b) for a, b in zip(whole.learner.parameters(), resumed.learner.parameters()))
 
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (["experiment=rl_navigation2d", "algorithm=metasgd"], "algorithm=metasgd has no RL form"),
-        (["dataset=navigation2d"], "dataset=navigation2d needs model=gaussian_mlp"),
         (["optimizer=trpo"], "optimizer=trpo is for RL datasets"),
     ],
 )

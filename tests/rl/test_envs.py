@@ -21,7 +21,7 @@ def scripted_actor(actions: torch.Tensor):
 
 
 def test_navigation_env_follows_the_specification():
-    env = Navigation2D().make_env()
+    env = Navigation2D(normalized_actions=False).make_env()
     obs, info = env.reset(seed=0, options={"goal": (0.25, -0.05)})
     assert np.allclose(obs, 0) and np.allclose(info["goal"], (0.25, -0.05))
     obs, reward, terminated, truncated, _ = env.step(np.array([0.5, -0.02]))  # x clipped to 0.1
@@ -40,6 +40,14 @@ def test_navigation_env_follows_the_specification():
     assert env.step(np.zeros(2))[3]  # horizon 100
 
 
+def test_normalized_navigation_actions_scale_to_the_velocity_range():
+    env = Navigation2D().make_env()
+    assert np.allclose(env.action_space.low, -1) and np.allclose(env.action_space.high, 1)
+    env.reset(options={"goal": (0.3, 0.3)})
+    obs, *_ = env.step(np.array([0.5, -3.0]))
+    assert np.allclose(obs, (0.05, -0.1))
+
+
 def test_navigation_env_passes_gymnasiums_checker():
     import gymnasium as gym
     from gymnasium.utils.env_checker import check_env
@@ -50,13 +58,15 @@ def test_navigation_env_passes_gymnasiums_checker():
     assert env.observation_space.contains(obs)
 
 
-def test_navigation_batched_rollout_equals_single_env_stepping():
-    tasks = Navigation2D(horizon=30)
+@pytest.mark.parametrize("normalized", [True, False])
+def test_navigation_batched_rollout_equals_single_env_stepping(normalized):
+    tasks = Navigation2D(horizon=30, normalized_actions=normalized)
+    scale = 1.0 if normalized else 0.1
     gen = torch.Generator().manual_seed(0)
     goals = tasks.sample(3, "train", gen).goals.double()
     goals[0] = torch.tensor([0.05, 0.02])  # reachable quickly: that episode terminates early
-    actions = 0.08 * torch.randn(30, 3, 4, 2, generator=gen, dtype=torch.float64)
-    actions[:, 0, 0] = torch.tensor([0.03, 0.01])
+    actions = 0.08 * torch.randn(30, 3, 4, 2, generator=gen, dtype=torch.float64) / scale
+    actions[:, 0, 0] = torch.tensor([0.03, 0.01]) / scale
     act, _ = scripted_actor(actions)
     episodes = tasks.rollout(act, goals, 4, gen)
     assert episodes.obs.shape == (3, 4, 30, 2) and episodes.rewards.shape == (3, 4, 30)

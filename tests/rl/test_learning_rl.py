@@ -36,9 +36,9 @@ def test_meta_trained_policy_adapts_to_held_out_goals(tmp_path):
     """20 meta-iterations on 30-step episodes (about 20 s)."""
     maml = navigation_returns(20, 30, tmp_path / "maml")
     random_init = navigation_returns(0, 30, tmp_path / "random")
-    # One step on 10 trajectories moves the meta-trained policy towards each task's goal (about -13 -> -7) ...
+    # One step on 10 trajectories moves the meta-trained policy towards each task's goal (about -13 -> -6) ...
     assert maml["test/return_step1"] > maml["test/return_step0"] + 3
-    # ... and far closer than the random initialisation after the same steps (about -17).
+    # ... and far closer than the random initialisation after the same steps (about -14).
     assert maml["test/return_step1"] > random_init["test/return_step1"] + 6
     assert maml["test/return_step2"] > random_init["test/return_step2"] + 8
 
@@ -48,5 +48,5 @@ def test_meta_trained_policy_adapts_on_the_paper_horizon(tmp_path):
     """25 meta-iterations on the paper's 100-step episodes (about a minute)."""
     maml = navigation_returns(25, 100, tmp_path / "maml")
     random_init = navigation_returns(0, 100, tmp_path / "random")
-    assert maml["test/return_step1"] > maml["test/return_step0"] + 15  # about -44 -> -19
-    assert maml["test/return_step1"] > random_init["test/return_step1"] + 50  # about -97
+    assert maml["test/return_step1"] > maml["test/return_step0"] + 15  # about -42 -> -16
+    assert maml["test/return_step1"] > random_init["test/return_step1"] + 50  # about -75

@@ -79,9 +79,13 @@ class EnvTasks:
 class Navigation2DEnv(gym.Env):
     """A point in the plane moves by its (clipped) action; reward is minus the distance to the goal.
 
-    Starts at the origin; the episode terminates within ``goal_tolerance`` of the goal in both
-    coordinates and is truncated after ``horizon`` steps. ``reset(options={"goal": (x, y)})`` sets
-    the goal; otherwise it is drawn uniformly from ``[goal_low, goal_high]^2``.
+    The velocity is clipped to ``[-action_bound, action_bound]^2``. With ``normalized_actions`` (the
+    default) the action space is ``[-1, 1]^2``, scaled to that range, as the paper's code does by
+    wrapping the environment in rllab's ``normalize``: the policy's unit initial standard deviation
+    then explores at the scale of one step. Starts at the origin; the episode terminates within
+    ``goal_tolerance`` of the goal in both coordinates and is truncated after ``horizon`` steps.
+    ``reset(options={"goal": (x, y)})`` sets the goal; otherwise it is drawn uniformly from
+    ``goal_range`` in both coordinates.
 
     References:
         Finn et al. 2017, section 5.3 (2D navigation); the paper's code, ``point_env_randgoal.py``.
@@ -90,13 +94,19 @@ class Navigation2DEnv(gym.Env):
     metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(
-        self, horizon: int = 100, action_bound: float = 0.1, goal_range=(-0.5, 0.5), goal_tolerance: float = 0.01
+        self,
+        horizon: int = 100,
+        action_bound: float = 0.1,
+        goal_range=(-0.5, 0.5),
+        goal_tolerance: float = 0.01,
+        normalized_actions: bool = True,
     ) -> None:
         self.horizon, self.goal_tolerance = horizon, goal_tolerance
         self.goal_range = tuple(goal_range)
+        self.limit, self.scale = action_limits(action_bound, normalized_actions)
         reach = horizon * action_bound  # the farthest the point can get from the origin in each coordinate
         self.observation_space = gym.spaces.Box(-reach, reach, (2,), np.float64)
-        self.action_space = gym.spaces.Box(-action_bound, action_bound, (2,), np.float64)
+        self.action_space = gym.spaces.Box(-self.limit, self.limit, (2,), np.float64)
         self.goal = np.zeros(2)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -109,12 +119,17 @@ class Navigation2DEnv(gym.Env):
         return self.state.copy(), {"goal": self.goal.copy()}
 
     def step(self, action):
-        self.state = self.state + np.clip(action, self.action_space.low, self.action_space.high)
+        self.state = self.state + np.clip(action, -self.limit, self.limit) * self.scale
         self.t += 1
         delta = self.state - self.goal
         reward = -float(np.sqrt((delta**2).sum()))
         terminated = bool((np.abs(delta) < self.goal_tolerance).all())
         return self.state.copy(), reward, terminated, self.t >= self.horizon, {"goal": self.goal.copy()}
+
+
+def action_limits(action_bound: float, normalized: bool) -> tuple[float, float]:
+    """(clip limit of the action, factor from action to velocity)."""
+    return (1.0, action_bound) if normalized else (action_bound, 1.0)
 
 
 gym.register("mamlrun/Navigation2D-v0", entry_point=Navigation2DEnv)
@@ -135,15 +150,20 @@ class Navigation2D(EnvTasks):
         action_bound: float = 0.1,
         goal_range: tuple[float, float] = (-0.5, 0.5),
         goal_tolerance: float = 0.01,
+        normalized_actions: bool = True,
         discount: float = 0.99,
     ) -> None:
         super().__init__(discount)
         self.horizon, self.action_bound, self.goal_tolerance = int(horizon), float(action_bound), float(goal_tolerance)
+        self.normalized_actions = bool(normalized_actions)
+        self.limit, self.scale = action_limits(self.action_bound, self.normalized_actions)
         self.goal_low, self.goal_high = (goal_range[0],) * 2, (goal_range[1],) * 2
 
     def make_env(self) -> Navigation2DEnv:
         goal_range = (self.goal_low[0], self.goal_high[0])
-        return Navigation2DEnv(self.horizon, self.action_bound, goal_range, self.goal_tolerance)
+        return Navigation2DEnv(
+            self.horizon, self.action_bound, goal_range, self.goal_tolerance, self.normalized_actions
+        )
 
     def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> Episodes:
         tasks = goals.shape[0]
@@ -153,7 +173,7 @@ class Navigation2D(EnvTasks):
         obs, actions, rewards, masks = [], [], [], []
         for _ in range(self.horizon):
             action = act(pos)
-            moved = pos + action.clamp(-self.action_bound, self.action_bound)
+            moved = pos + action.clamp(-self.limit, self.limit) * self.scale
             delta = moved - goal
             live = alive.to(pos.dtype)
             obs.append(pos)
