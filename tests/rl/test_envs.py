@@ -61,7 +61,7 @@ def test_navigation_env_passes_gymnasiums_checker():
 @pytest.mark.parametrize("normalized", [True, False])
 def test_navigation_batched_rollout_equals_single_env_stepping(normalized):
     tasks = Navigation2D(horizon=30, normalized_actions=normalized)
-    scale = 1.0 if normalized else 0.1
+    scale = 0.1 if normalized else 1.0  # velocity per unit of action
     gen = torch.Generator().manual_seed(0)
     goals = tasks.sample(3, "train", gen).goals.double()
     goals[0] = torch.tensor([0.05, 0.02])  # reachable quickly: that episode terminates early
