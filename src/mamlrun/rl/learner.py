@@ -146,7 +146,8 @@ class MetaRL(nn.Module):
         graphs, much cheaper than differentiating the KL's gradient through the adaptation.
         """
         inner = []
-        params = {k: v.detach() for k, v in self.policy.batched_params(tasks).items()}
+        # Copies, not views: the products stay valid after the optimizer updates the parameters in place.
+        params = {k: v.detach().clone() for k, v in self.policy.batched_params(tasks).items()}
         for episodes, adv in supports:
             leaf = {k: v.requires_grad_(True) for k, v in params.items()}
             g = torch.autograd.grad(self.inner_loss(leaf, episodes, adv).sum(), list(leaf.values()), create_graph=True)
