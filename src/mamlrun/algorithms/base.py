@@ -16,15 +16,16 @@ all exact and all differentiable to any order:
 - ``loop``: one task at a time with ``torch.autograd.grad`` (fastest where vmap turns convolutions
   into slow grouped kernels, e.g. many query images per task on CPU).
 
-``auto`` times each on the first meta-batch and keeps the fastest (the choice is saved in the
-``state_dict``, so a resumed run computes exactly as before). ``chunk_size`` bounds memory by
+``auto`` is a fixed rule of the model and the device (:func:`auto_strategy`; no timing, so the same
+model on the same device always computes the same way): ``batched`` for models it covers, else
+``vmap``. The choice is fixed at the first meta-batch and saved in the ``state_dict``, so a
+resumed run computes exactly as before, even one whose checkpoint chose differently. ``chunk_size`` bounds memory by
 running the meta-batch in chunks and accumulating the meta-gradient, exact because the meta-loss
 is a mean over tasks.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
@@ -81,9 +82,20 @@ class MetaLearner(nn.Module):
         self.first_order = bool(first_order)
         self.chunk_size = int(chunk_size) if chunk_size else None
         self.strategy = strategy
+        # Fixed at the first meta-batch (``auto`` then knows the device); restored from checkpoints.
         self.chosen_strategy: str | None = None if strategy == "auto" else strategy
-        self.strategy_timings: dict[str, float] = {}
         self._has_batched_kernels = supports(model)
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy this learner computes with: the configured one, or what ``auto`` chooses.
+
+        Before the first meta-batch, ``auto`` resolves by :func:`auto_strategy` for the model's
+        current device; afterwards (and after loading a checkpoint) it is the strategy in use.
+        """
+        if self.chosen_strategy is not None:
+            return self.chosen_strategy
+        return auto_strategy(self.model, _device_of(self.model))
 
     @property
     def stat_names(self) -> tuple[str, ...]:
@@ -96,8 +108,7 @@ class MetaLearner(nn.Module):
         Returns detached training statistics (``loss`` and, for classification, ``acc``), kept on
         the device so that the hot loop never waits for a host copy.
         """
-        if self.chosen_strategy is None:
-            self.chosen_strategy = self._calibrate(batch)
+        self.chosen_strategy = self.strategy_name
         return self.task_gradient(batch)
 
     def update(self, batch: TaskBatch, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -127,8 +138,7 @@ class MetaLearner(nn.Module):
 
     def _adaptation(self, batch: TaskBatch, steps: int):
         """Batched parameters before and after each of ``steps`` first-order inner updates."""
-        if self.chosen_strategy is None:
-            self.chosen_strategy = "vmap" if self.strategy == "auto" else self.strategy
+        self.chosen_strategy = self.strategy_name
         meta = self.detached_meta()
         params = self.expand(meta["params"], batch.num_tasks)
         yield params
@@ -271,29 +281,6 @@ class MetaLearner(nn.Module):
             stats.append(torch.stack([r.detach().sum() for r in results]))
         return dict(zip(self.stat_names, torch.stack(stats).sum(0) / total))
 
-    # -- choosing a strategy ----------------------------------------------------------------
-    def _calibrate(self, batch: TaskBatch) -> str:
-        """Time every strategy on ``batch`` (after one warm-up call each); keep the fastest.
-
-        Gradients computed here are discarded: ``.grad`` is restored afterwards.
-        """
-        saved = {n: None if p.grad is None else p.grad.clone() for n, p in self.named_parameters()}
-        timings = {}
-        for candidate in STRATEGIES[1:]:
-            self.chosen_strategy = candidate
-            elapsed = []
-            for _ in range(2):
-                _sync(batch.x_support)
-                start = time.perf_counter()
-                self.task_gradient(batch)
-                _sync(batch.x_support)
-                elapsed.append(time.perf_counter() - start)
-            timings[candidate] = elapsed[-1]
-        for n, p in self.named_parameters():
-            p.grad = saved[n]
-        self.strategy_timings = timings
-        return min(timings, key=timings.get)
-
     def get_extra_state(self) -> dict:
         return {"chosen_strategy": self.chosen_strategy}
 
@@ -302,6 +289,19 @@ class MetaLearner(nn.Module):
             self.chosen_strategy = state["chosen_strategy"]
 
 
-def _sync(t: torch.Tensor) -> None:
-    if t.is_cuda:
-        torch.cuda.synchronize(t.device)
+def auto_strategy(model: nn.Module, device: torch.device | str) -> str:
+    """What ``hardware.strategy=auto`` computes ``model`` with on ``device``: a fixed rule, no timing.
+
+    ``batched`` wherever :func:`~mamlrun.models.batched.supports` the model: on CPU it was the
+    fastest exact strategy on every benchmark shape (``make bench``: the sinusoid MLP, the Omniglot
+    conv net with 1 or 15 query images per class, 20-way with 5 inner steps, the no-conv Omniglot
+    MLP); on a GPU it issues the fewest kernels (one grouped kernel per layer for all tasks, where
+    ``loop`` issues one per task and ``vmap`` adds batching-rule overhead). Other models get
+    ``vmap``, which runs any ``functional_call``-able network.
+    """
+    del device  # the same rule on every device today; kept so that the rule may depend on it
+    return "batched" if supports(model) else "vmap"
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

@@ -67,8 +67,11 @@ class Conv4(nn.Module):
 
     def batched_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """One parameter set per task (see :mod:`mamlrun.models.batched`)."""
-        from mamlrun.models.batched import layer_forward, sequential
+        from mamlrun.models.batched import Grouped, layer_forward, sequential, tasks_first
 
         h = sequential(self.features, params, x, "features.")
-        h = h.mean(dim=(3, 4)) if self.pool == "stride" else h.flatten(2)
+        if self.pool == "stride":
+            h = h.channel_means() if isinstance(h, Grouped) else h.mean(dim=(3, 4))
+        else:
+            h = tasks_first(h).flatten(2)
         return layer_forward(self.head, params, h, "head.")
