@@ -26,6 +26,7 @@ is a mean over tasks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -39,6 +40,9 @@ from mamlrun.models.batched import batched_forward, supports
 
 Params = dict[str, torch.Tensor]
 STRATEGIES = ("auto", "vmap", "batched", "loop")
+# Input elements per chunk of the batched strategy on CPU (``MetaLearner.cache_chunk_size``):
+# 160 Omniglot images, the best of the chunk sizes measured on the Omniglot benchmark shapes.
+CHUNK_INPUT_ELEMENTS = 160 * 28 * 28
 
 
 class MetaLearner(nn.Module):
@@ -275,11 +279,29 @@ class MetaLearner(nn.Module):
         tasks whatever the meta-batch size.
         """
         total, stats = batch.num_tasks, []
-        for chunk in batch.chunks(self.chunk_size):
+        for chunk in batch.chunks(self.chunk_size or self.cache_chunk_size(batch)):
             results = objective(chunk)
             (results[0].sum() / total).backward()
             stats.append(torch.stack([r.detach().sum() for r in results]))
         return dict(zip(self.stat_names, torch.stack(stats).sum(0) / total))
+
+    def cache_chunk_size(self, batch: TaskBatch) -> int | None:
+        """Tasks per chunk that keep the ``batched`` strategy's activations cache-sized on CPU.
+
+        All tasks at once makes every activation a tensor of ``tasks x examples`` rows; past a few
+        megabytes each elementwise pass (batch norm, ReLU, their derivatives) streams from memory.
+        On CPU the batched strategy therefore runs the meta-batch in equal chunks of at most
+        :data:`CHUNK_INPUT_ELEMENTS` input elements (support and query); exact, like any chunking.
+        A fixed rule of the batch's shapes: e.g. Omniglot 5-way 1-shot (10 images of 28x28 per
+        task) runs 16 tasks per chunk, 20-way 1-shot 4, 5-way with 15 query images 2. Elsewhere
+        (GPU, other strategies) ``None``: the whole meta-batch at once.
+        """
+        x = batch.x_support
+        if self.chosen_strategy != "batched" or x.device.type != "cpu" or batch.num_tasks < 2:
+            return None
+        per_task = (x[0].numel() + batch.x_query[0].numel()) or 1
+        chunks = math.ceil(batch.num_tasks / max(1, CHUNK_INPUT_ELEMENTS // per_task))
+        return math.ceil(batch.num_tasks / chunks)
 
     def get_extra_state(self) -> dict:
         return {"chosen_strategy": self.chosen_strategy}
