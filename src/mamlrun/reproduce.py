@@ -1,13 +1,21 @@
-"""``make reproduce-<table>``: run a paper table's sweep on the data that is present, then report.
+"""``make reproduce-table1``: train every cell of a paper table on the data present, then report.
 
-Usage: ``python -m mamlrun.reproduce table1 [--quick] [--out DIR] [override ...]``
+Usage: ``python -m mamlrun.reproduce table1 [--quick] [--cells omniglot_5w1s,...] [--algorithms maml,...]
+[--runs DIR] [--out DIR] [override ...]``
 
-Each cell of the sweep file is checked first (its dataset is built); cells whose data is missing
-are skipped with the reason, so a machine with only Omniglot still rebuilds the Omniglot rows.
-Cells are run as one multirun per dataset (``<out>/<dataset>/``), then the table is written.
+The cells and algorithms come from the table's sweep file (``sweeps/table1.yaml``). Each cell is
+checked first (its dataset is built); cells whose data is missing are skipped with the reason, so
+a machine with only Omniglot still rebuilds the Omniglot rows. Every (cell, algorithm) pair is one
+ordinary run in its own fixed directory ``<runs>/<cell>__<algorithm>``: run the command again and
+the runs that have a checkpoint continue where they stopped (``resume=true``), so a table that takes
+days is built over as many sessions as it needs. Then the table is written (with each row's
+provenance) to ``results/<table>/``.
+
+``--cells`` picks cells by name or prefix (``omniglot`` = every Omniglot cell, ``omniglot_5w1s``
+one cell). Overrides (``meta_iterations=2000``, ``++dataset.root=...``) reach every run.
 ``--quick`` runs the same cells with a few meta-iterations and small task batches to prove the
-plumbing, and, where the full Omniglot release is absent, on the small official Omniglot sets
-beside the checkout (``../shared/data/omniglot``) with a fractional split.
+plumbing, on the small official Omniglot sets wherever they are found when the full release is
+absent, and reports to ``outputs/reports_quick`` (never to ``results/``).
 """
 
 from __future__ import annotations
@@ -16,17 +24,19 @@ import argparse
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mamlrun.cli import CONF_DIR
 from mamlrun.config import build
 from mamlrun.errors import MamlrunError
+from mamlrun.files import write_json
+from mamlrun.paths import CONF_DIR, SWEEPS_DIR, data_candidates, small_omniglot
+from mamlrun.results import last_iteration, record_session
 
-ROOT = CONF_DIR.parent
-# Enough to exercise every stage (train, validate, checkpoint, test, report) in seconds per cell;
-# two jobs at a time in two worker processes, one thread each.
+# Enough to exercise every stage (train, validate, checkpoint, test, report) in seconds per cell.
 QUICK = [
     "meta_iterations=6",
     "meta_batch_size=2",
@@ -39,87 +49,135 @@ QUICK = [
     "train.progress=false",
     "hardware.strategy=batched",
     "hardware.threads=1",
-    "hydra/launcher=joblib",
-    "hydra.launcher.n_jobs=2",
 ]
-SMALL_OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+QUICK_JOBS = 2  # quick runs go two at a time, one thread each
 
 
-def _compose(sweep: str, overrides: list[str]):
+def _compose(table: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "sweeps"), version_base="1.3"):
-        return compose(sweep, overrides=[f"hydra.searchpath=[file://{CONF_DIR}]", *overrides], return_hydra_config=True)
+    with initialize_config_dir(config_dir=str(SWEEPS_DIR), version_base="1.3"):
+        return compose(table, overrides=[f"hydra.searchpath=[file://{CONF_DIR}]", *overrides], return_hydra_config=True)
 
 
-def plan(sweep: str, quick: bool, overrides: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-    """``dataset -> (cells, overrides)`` for every dataset whose data is present."""
-    base = _compose(sweep, overrides)
-    params = OmegaConf.to_container(base.hydra.sweeper.params)
-    cells = [c.strip() for c in str(params.pop("experiment")).split(",")]
-    extra = {}
-    runs: dict[str, tuple[list[str], list[str]]] = {}
-    for cell in cells:
-        cfg = _compose(sweep, [f"experiment={cell}", *overrides])
+def _sweep_values(table: str, key: str, overrides: list[str]) -> list[str]:
+    params = OmegaConf.to_container(_compose(table, overrides).hydra.sweeper.params)
+    return [v.strip() for v in str(params[key]).split(",")]
+
+
+def _selected(names: list[str], wanted: str | None, what: str) -> list[str]:
+    if not wanted:
+        return names
+    picks = [w.strip() for w in wanted.split(",") if w.strip()]
+    chosen = [n for n in names if any(n == p or n.startswith(p) for p in picks)]
+    if not chosen:
+        raise MamlrunError(f"no {what} matches {wanted!r} (available: {', '.join(names)})")
+    return chosen
+
+
+def _no_data_hint(dataset: str) -> str:
+    places = ", ".join(str(p) for p in data_candidates(dataset))
+    return (
+        f"looked in {places}; put the data in one of them, set MAMLRUN_DATA=<folder holding {dataset}/>, "
+        f"or pass ++dataset.root=<folder>"
+    )
+
+
+def plan(
+    table: str, quick: bool, overrides: list[str], cells: str | None = None
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """``(cell -> extra overrides, skipped cell -> reason)`` for the selected cells (in table order)."""
+    runs: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    tried: dict[str, list[str] | None] = {}
+    reasons: dict[str, str] = {}
+    for cell in _selected(_sweep_values(table, "experiment", overrides), cells, "cell"):
+        cfg = _compose(table, [f"experiment={cell}", *overrides])
         dataset = cfg.dataset.name
-        if dataset in extra and extra[dataset] is None:
-            continue
-        if dataset not in extra:
-            attempt = []
+        if dataset not in tried:
+            tried[dataset] = []
             try:
                 build(cfg.dataset)
             except MamlrunError as exc:
-                if not (quick and dataset == "omniglot" and SMALL_OMNIGLOT.is_dir()):
+                small = small_omniglot() if quick and dataset == "omniglot" else None
+                if small is None:
                     print(f"reproduce: skipping the {dataset} cells: {exc}", flush=True)
-                    extra[dataset] = None
-                    continue
-                # ++: the sweep's base config (before any experiment is chosen) has no dataset.root yet.
-                attempt = [f"++dataset.root={SMALL_OMNIGLOT}", "++dataset.split=[0.6,0.2,0.2]"]
-                print(f"reproduce: quick run on the small Omniglot sets in {SMALL_OMNIGLOT}", flush=True)
-            extra[dataset] = attempt
-        runs.setdefault(dataset, ([], extra[dataset]))[0].append(cell)
-    return runs
+                    tried[dataset], reasons[dataset] = None, str(exc)
+                else:
+                    # ++: the sweep's base config (before any experiment is chosen) has no dataset.root yet.
+                    tried[dataset] = [f"++dataset.root={small}", "++dataset.split=[0.6,0.2,0.2]"]
+                    print(f"reproduce: quick run on the small Omniglot sets in {small}", flush=True)
+        if tried[dataset] is None:
+            skipped[cell] = reasons[dataset]
+        else:
+            runs[cell] = tried[dataset]
+    if not runs:
+        hints = "; ".join(f"{d}: {_no_data_hint(d)}" for d in tried)
+        raise MamlrunError(f"no data for any cell of {table} ({hints})")
+    return runs, skipped
+
+
+def train(cmd: list[str], run_dir: Path) -> int:
+    """Run one cell's command and append the session (command, commit, hardware, wall time) to its ledger."""
+    before, started = last_iteration(run_dir), time.time()
+    code = subprocess.run(cmd).returncode
+    if run_dir.is_dir():
+        record_session(run_dir, ["mamlrun", *cmd[1:]], started, time.time(), before, code)
+    return code
+
+
+def run_command(cell: str, algorithm: str, run_dir: Path, overrides: list[str]) -> list[str]:
+    """The ``mamlrun`` command of one cell; it resumes when the run directory holds a checkpoint."""
+    resume = ["resume=true"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+    return [
+        str(Path(sys.executable).with_name("mamlrun")),
+        f"hydra.run.dir={run_dir}",
+        f"experiment={cell}",
+        f"algorithm={algorithm}",
+        *resume,
+        *overrides,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mamlrun.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("table", choices=["table1"])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    suffix = "_quick" if args.quick else ""
-    out = args.out or Path(f"outputs/multirun/{args.table}{suffix}")
+    parser.add_argument("--quick", action="store_true", help="a few iterations per cell: the plumbing only")
+    parser.add_argument("--cells", help="comma-separated cell names or prefixes (default: every cell)")
+    parser.add_argument("--algorithms", help="comma-separated algorithms (default: the sweep file's)")
+    parser.add_argument("--runs", type=Path, help="run directories (default: outputs/<table>[_quick])")
+    parser.add_argument("--out", type=Path, help="tables (default: results/<table>; quick: outputs/reports_quick)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run")
+    args = parser.parse_intermixed_args(argv)
+    runs_dir = args.runs or Path(f"outputs/{args.table}{'_quick' if args.quick else ''}")
+    out = args.out or (Path("outputs/reports_quick") if args.quick else Path("results") / args.table)
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     try:
-        runs = plan(args.table, args.quick, overrides)
+        cells, skipped = plan(args.table, args.quick, overrides, args.cells)
+        algorithms = _selected(_sweep_values(args.table, "algorithm", overrides), args.algorithms, "algorithm")
     except MamlrunError as exc:
         print(f"mamlrun: error: {exc}", file=sys.stderr)
         return 2
-    if not runs:
-        print("mamlrun: error: no data for any cell of the table (see the lines above)", file=sys.stderr)
-        return 2
-    shutil.rmtree(out, ignore_errors=True)
-    mamlrun = Path(sys.executable).with_name("mamlrun")
-    for dataset, (cells, extra) in runs.items():
-        cmd = [
-            str(mamlrun),
-            "-m",
-            "-cd",
-            str(ROOT / "sweeps"),
-            "-cn",
-            args.table,
-            f"hydra.sweep.dir={out / dataset}",
-            f"experiment={','.join(cells)}",
-            *overrides,
-            *extra,
-        ]
+    if args.quick:
+        shutil.rmtree(runs_dir, ignore_errors=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    write_json(runs_dir / "skipped.json", skipped)
+    jobs = [
+        (run_command(cell, algo, runs_dir / f"{cell}__{algo}", [*overrides, *extra]), runs_dir / f"{cell}__{algo}")
+        for cell, extra in cells.items()
+        for algo in algorithms
+    ]
+    for cmd, _ in jobs:
         print("reproduce:", " ".join(cmd[1:]), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            return 1
-    from mamlrun.report import main as report
+    with ThreadPoolExecutor(QUICK_JOBS if args.quick else 1) as pool:
+        codes = list(pool.map(lambda job: train(*job), jobs))
+    failed = sum(code != 0 for code in codes)
+    if failed:
+        print(f"mamlrun: error: {failed} of {len(jobs)} runs failed (see above)", file=sys.stderr)
+        return 1
+    from mamlrun.results import main as results
 
-    return report([str(out), "--table", args.table, "--out", f"outputs/reports{suffix}"])
+    return results([args.table, "--runs", str(runs_dir), "--out", str(out)])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ OFFICIAL = {  # archive -> sha256
     "images_background.zip": "ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640",
     "images_evaluation.zip": "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
 }
+OFFICIAL_SPLIT = "official"  # dataset.split value for Lake et al.'s background / evaluation protocol
 
 
 def find_characters(root: Path) -> tuple[dict[tuple[str, str], list[tuple[Path, str]]], list[Path]]:
@@ -84,8 +85,11 @@ def decode(characters: dict, keys: list, per_class: int, size: int) -> torch.Ten
 
 def split_counts(split: Sequence[float], total: int, root: Path) -> list[int]:
     """Characters per split from counts (``[1100, 100, 423]``) or fractions (``[0.6, 0.2, 0.2]``)."""
-    if len(split) != 3 or any(s < 0 for s in split):
-        raise MamlrunError(f"omniglot: dataset.split needs three non-negative numbers (train, val, test), got {split}")
+    if isinstance(split, str) or len(split) != 3 or any(s < 0 for s in split):
+        raise MamlrunError(
+            f"omniglot: dataset.split needs three non-negative numbers (train, val, test) or '{OFFICIAL_SPLIT}', "
+            f"got {split}"
+        )
     if all(s <= 1 for s in split) and sum(split) <= 1 + 1e-9 and not all(float(s).is_integer() for s in split):
         counts = [round(s * total) for s in split]
         if abs(sum(split) - 1) < 1e-9:  # fractions of everything: the test split takes what rounding left
@@ -100,6 +104,46 @@ def split_counts(split: Sequence[float], total: int, root: Path) -> list[int]:
     return counts
 
 
+def shuffled_split(keys: list, split: Sequence[float], seed: int, root: Path) -> list[list[int]]:
+    """Indices of ``keys`` per split (train, val, test): characters shuffled with ``seed``, dealt by counts."""
+    counts = split_counts(split, len(keys), root)
+    order = list(range(len(keys)))
+    random.Random(seed).shuffle(order)
+    bounds = np.cumsum([0, *counts])
+    return [sorted(order[bounds[i] : bounds[i + 1]]) for i in range(3)]
+
+
+def collection(source: Path, member: str) -> str:
+    """``"background"`` or ``"evaluation"``: the official set a drawing belongs to (by archive or folder name)."""
+    where = " ".join([source.name, *Path(member).parts[:-3]]).lower()
+    return "evaluation" if "evaluation" in where else "background" if "background" in where else "unknown"
+
+
+def official_split(characters: dict, keys: list, seed: int, root: Path, val_characters: int = 100) -> list[list[int]]:
+    """Lake et al.'s protocol: meta-train and validate on the background alphabets, test on the evaluation ones.
+
+    Whole background alphabets (shuffled with ``seed``) are held out for validation until they hold at
+    least ``val_characters`` characters, so no alphabet is in two splits.
+    """
+    sets = [collection(*characters[k][0]) for k in keys]
+    background = sorted({k[0] for k, s in zip(keys, sets) if s == "background"})
+    if not background or "evaluation" not in sets:
+        raise MamlrunError(
+            f"omniglot: dataset.split={OFFICIAL_SPLIT} needs the official images_background and images_evaluation "
+            f"sets; {root} does not hold both"
+        )
+    random.Random(seed).shuffle(background)
+    val_alphabets: set[str] = set()
+    for alphabet in background:
+        if sum(k[0] in val_alphabets for k, s in zip(keys, sets) if s == "background") >= val_characters:
+            break
+        val_alphabets.add(alphabet)
+    train = [i for i, (k, s) in enumerate(zip(keys, sets)) if s == "background" and k[0] not in val_alphabets]
+    val = [i for i, (k, s) in enumerate(zip(keys, sets)) if s == "background" and k[0] in val_alphabets]
+    test = [i for i, s in enumerate(sets) if s == "evaluation"]
+    return [train, val, test]
+
+
 class Omniglot(ImageTasks):
     """Omniglot few-shot classification tasks.
 
@@ -112,11 +156,15 @@ class Omniglot(ImageTasks):
     Split: characters are sorted, shuffled with ``split_seed`` and dealt into train / val / test
     by ``split``. The default ``[1100, 100, 423]`` is the MAML paper's 1200 meta-training
     characters (the last 100 of which mamlrun holds out for validation) and 423 test characters.
+    ``split="official"`` is Lake et al.'s protocol instead: the 964 characters of the 30 background
+    alphabets for meta-training (whole alphabets, at least 100 characters, held out for validation)
+    and the 659 characters of the 20 evaluation alphabets for testing.
     With ``rotations`` each character gives four classes (0/90/180/270 degrees), in every split.
 
     References:
         Lake, Salakhutdinov, Tenenbaum. "Human-level concept learning through probabilistic
-        program induction." Science 2015. Finn et al. 2017, section 5.2 (split, 28x28, rotations).
+        program induction." Science 2015 (background / evaluation alphabets). Finn et al. 2017,
+        section 5.2 (1200 / 423 split, 28x28, rotations).
     """
 
     def __init__(
@@ -126,7 +174,7 @@ class Omniglot(ImageTasks):
         shots: int,
         query_shots: int,
         eval_query_shots: int | None = None,
-        split: Sequence[float] = (1100, 100, 423),
+        split: Sequence[float] | str = (1100, 100, 423),
         split_seed: int = 1,
         rotations: bool = True,
         image_size: int = 28,
@@ -152,11 +200,11 @@ class Omniglot(ImageTasks):
         cache_file = cache_path("omniglot", root, image_size, cache_dir)
         images = cached(cache_file, key, lambda: {"images": decode(characters, keys, per_class, image_size)})["images"]
 
-        counts = split_counts(split, len(keys), root)
-        order = list(range(len(keys)))
-        random.Random(split_seed).shuffle(order)
-        bounds = np.cumsum([0, *counts])
-        arrays = {s: images[sorted(order[bounds[i] : bounds[i + 1]])] for i, s in enumerate(SPLITS)}
+        if split == OFFICIAL_SPLIT:
+            parts = official_split(characters, keys, split_seed, root)
+        else:
+            parts = shuffled_split(keys, split, split_seed, root)
+        arrays = {s: images[part] for s, part in zip(SPLITS, parts)}
         empty = [s for s, a in arrays.items() if len(a) == 0]
         if empty:
             raise MamlrunError(f"omniglot: the {', '.join(empty)} split is empty; adjust dataset.split")

@@ -1,0 +1,310 @@
+"""Measured paper tables with their provenance, for ``results/<table>/`` and the README.
+
+Usage: ``python -m mamlrun.results table1 [--runs outputs/table1] [--out results/table1] [--evaluate]``
+
+Reads the fixed run directories that :mod:`mamlrun.reproduce` trains (``<runs>/<cell>__<algorithm>``)
+and writes, for every cell and algorithm of the paper's table (run or not):
+
+- ``table1.csv``: accuracy and 95 % CI over the test tasks beside the paper's, the gap to the paper,
+  status (``finished`` / ``partial`` / ``not run``, with the reason), meta-iterations trained, the
+  iteration of the tested checkpoint, wall time, and provenance: the exact command of every
+  session that trained the run, the git commit(s), hardware and dates;
+- ``table1.md``: the same as a readable table plus the commands;
+- ``table1_curves.png``: validation accuracy against meta-iteration for every run, beside the paper;
+- ``runs/<cell>__<algorithm>/``: each run's config, overrides, ``metrics.jsonl`` and test metrics.
+
+A run that has not finished is tested from its best validated checkpoint with ``--evaluate``
+(``mamlrun mode=eval`` into ``<runs>/_eval/``, once per checkpoint iteration), so a table that is
+still training has honest partial rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import yaml
+
+from mamlrun import paper
+from mamlrun.paths import CHECKOUT
+from mamlrun.report import read_jsonl, with_ci
+
+LEDGER = "sessions.jsonl"  # beside each run directory: <run>.sessions.jsonl
+
+
+# -- provenance -----------------------------------------------------------------------------
+def git_commit() -> str:
+    """The checkout's commit (``-dirty`` when tracked files differ from it); ``unknown`` outside git."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if not commit:
+        return "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def hardware() -> str:
+    """CPU model and cores (and GPU, if any) of this machine, with the torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu} ({os.cpu_count()} cores){gpu}; torch {torch.__version__}"
+
+
+def ledger_path(run_dir: Path) -> Path:
+    return run_dir.with_name(f"{run_dir.name}.{LEDGER}")
+
+
+def last_iteration(run_dir: Path) -> int:
+    """The last meta-iteration the run logged (0 before its first log line)."""
+    df = read_jsonl(run_dir / "metrics.jsonl")
+    return int(df["step"].max()) if "step" in df and len(df) else 0
+
+
+def record_session(run_dir: Path, command: list[str], started: float, ended: float, before: int, code: int) -> None:
+    """Append one training session of ``run_dir`` to its ledger (kept beside, not inside, the run)."""
+    entry = {
+        "command": " ".join(command),
+        "commit": git_commit(),
+        "hardware": hardware(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "wall_s": round(ended - started, 1),
+        "iterations": [before, last_iteration(run_dir)],
+        "exit": code,
+    }
+    with ledger_path(run_dir).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_ledger(run_dir: Path) -> list[dict]:
+    path = ledger_path(run_dir)
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+# -- testing runs that are still training ---------------------------------------------------
+def checkpoint_iteration(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["iteration"])
+    except Exception:  # an unreadable checkpoint is simply not evaluated
+        return None
+
+
+def evaluate_partial(run_dir: Path, runs_dir: Path) -> Path | None:
+    """Test the best validated checkpoint of an unfinished run; return the eval run's directory."""
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    iteration = checkpoint_iteration(ckpt) if ckpt.is_file() else None
+    if iteration is None:
+        return None
+    out = runs_dir / "_eval" / f"{run_dir.name}__it{iteration}"
+    if (out / "metrics.json").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    keep = [o for o in overrides if not o.startswith(("hydra.", "resume=", "mode=", "checkpoint="))]
+    cmd = [
+        str(Path(sys.executable).with_name("mamlrun")),
+        *keep,
+        "mode=eval",
+        f"checkpoint={ckpt}",
+        "train.progress=false",
+        f"hydra.run.dir={out}",
+    ]
+    print("results:", " ".join(cmd[1:]), flush=True)
+    return out if subprocess.run(cmd).returncode == 0 else None
+
+
+# -- the table ------------------------------------------------------------------------------
+def _test_metrics(run_dir: Path, runs_dir: Path, evaluate: bool) -> tuple[dict, str]:
+    finished = run_dir / "metrics.json"
+    if finished.is_file():
+        return json.loads(finished.read_text()), "finished"
+    evals = sorted(
+        (runs_dir / "_eval").glob(f"{run_dir.name}__it*/metrics.json"),
+        key=lambda p: int(p.parent.name.rsplit("__it", 1)[1]),
+    )
+    if evaluate:
+        fresh = evaluate_partial(run_dir, runs_dir)
+        evals = [fresh / "metrics.json"] if fresh else evals
+    if evals:
+        metrics = json.loads(evals[-1].read_text())
+        metrics["test/checkpoint_iteration"] = int(evals[-1].parent.name.rsplit("__it", 1)[1])
+        return metrics, "partial"
+    return {}, "training, not tested yet"
+
+
+def table1_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
+    """One row per Table 1 cell and algorithm the paper reports, run or not."""
+    skipped = json.loads((runs_dir / "skipped.json").read_text()) if (runs_dir / "skipped.json").exists() else {}
+    rows = []
+    for cell, published in paper.TABLE1.items():
+        for algo, (paper_acc, paper_ci) in published.items():
+            run_dir = runs_dir / f"{cell}__{algo}"
+            row: dict[str, Any] = {"cell": cell, "algorithm": algo, "paper": paper_acc, "paper_ci95": paper_ci}
+            if not (run_dir / ".hydra").is_dir():
+                row["status"] = f"not run: {skipped.get(cell, 'no run yet')}"
+                rows.append(row)
+                continue
+            metrics, status = _test_metrics(run_dir, runs_dir, evaluate)
+            sessions = read_ledger(run_dir)
+            acc = metrics.get("test/acc_mean")
+            row.update(
+                {
+                    "status": status,
+                    "acc": None if acc is None else 100 * acc,
+                    "ci95": None if acc is None else 100 * metrics["test/acc_ci95"],
+                    "meta_iterations": last_iteration(run_dir),
+                    "tested_iteration": metrics.get("test/checkpoint_iteration"),
+                    "wall_h": round(sum(s["wall_s"] for s in sessions) / 3600, 2) if sessions else None,
+                    "commands": " || ".join(s["command"] for s in sessions),
+                    "commits": " ".join(dict.fromkeys(s["commit"] for s in sessions)),
+                    "hardware": " | ".join(dict.fromkeys(s["hardware"] for s in sessions)),
+                    "dates": " ".join(dict.fromkeys(s["started"][:10] for s in sessions)),
+                }
+            )
+            steps = sorted(int(k.rsplit("step", 1)[1]) for k in metrics if k.startswith("test/acc_step"))
+            row.update({f"acc_step{k}": 100 * metrics[f"test/acc_step{k}"] for k in steps})
+            if acc is not None:
+                row["gap"] = row["acc"] - paper_acc
+                row["within_paper_ci"] = paper_ci is not None and abs(row["gap"]) <= paper_ci + row["ci95"]
+            rows.append(row)
+    return rows
+
+
+def plot_curves(runs_dir: Path, rows: list[dict], path: Path) -> Path | None:
+    """Validation accuracy against meta-iteration for every run, with the paper's number dashed."""
+    curves = []
+    for row in rows:
+        df = read_jsonl(runs_dir / f"{row['cell']}__{row['algorithm']}" / "metrics.jsonl")
+        if "val/acc_mean" in df:
+            val = df.dropna(subset=["val/acc_mean"])
+            curves.append((row, val["step"], 100 * val["val/acc_mean"]))
+    if not curves:
+        return None
+    cells = list(dict.fromkeys(r["cell"] for r, *_ in curves))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        for row, steps, acc in (c for c in curves if c[0]["cell"] == cell):
+            line = ax.plot(steps, acc, marker=".", label=f"{row['algorithm']} (validation)")[0]
+            ax.axhline(row["paper"], ls="--", color=line.get_color(), lw=1, label=f"paper {row['algorithm']} (test)")
+        ax.set(title=cell.replace("_", " "), xlabel="meta-iteration", ylabel="accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_steps(rows: list[dict], path: Path) -> Path | None:
+    """Test accuracy against the number of inner steps at test time, per cell and algorithm."""
+    tested = [r for r in rows if r.get("acc") is not None]
+    if not tested:
+        return None
+    cells = list(dict.fromkeys(r["cell"] for r in tested))
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3), squeeze=False)
+    for ax, cell in zip(axes[0], cells):
+        for row in (r for r in tested if r["cell"] == cell):
+            steps = sorted(int(k.removeprefix("acc_step")) for k in row if k.startswith("acc_step"))
+            ax.plot(steps, [row[f"acc_step{k}"] for k in steps], marker="o", label=row["algorithm"])
+        ax.set(title=cell.replace("_", " "), xlabel="inner steps at test", ylabel="accuracy (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def copy_runs(runs_dir: Path, rows: list[dict], out: Path) -> None:
+    """The small files of every run (config, overrides, curves, test metrics, sessions) into ``out/runs``."""
+    for row in rows:
+        run_dir = runs_dir / f"{row['cell']}__{row['algorithm']}"
+        if not (run_dir / ".hydra").is_dir():
+            continue
+        dest = out / "runs" / run_dir.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for src, name in [
+            (run_dir / ".hydra" / "config.yaml", "config.yaml"),
+            (run_dir / ".hydra" / "overrides.yaml", "overrides.yaml"),
+            (run_dir / "metrics.jsonl", "metrics.jsonl"),
+            (run_dir / "metrics.json", "test_metrics.json"),
+            (ledger_path(run_dir), LEDGER),
+        ]:
+            if src.is_file():
+                shutil.copyfile(src, dest / name)
+        evals = sorted((runs_dir / "_eval").glob(f"{run_dir.name}__it*/metrics.json"))
+        if evals and not (run_dir / "metrics.json").is_file():
+            shutil.copyfile(evals[-1], dest / f"test_metrics_{evals[-1].parent.name.rsplit('__', 1)[1]}.json")
+
+
+def markdown(rows: list[dict]) -> str:
+    shown = pd.DataFrame(
+        {
+            "cell": [r["cell"] for r in rows],
+            "algorithm": [r["algorithm"] for r in rows],
+            "mamlrun (%)": [with_ci(r.get("acc", float("nan")), r.get("ci95", float("nan")), 2) for r in rows],
+            "paper (%)": [with_ci(r["paper"], r["paper_ci95"] or float("nan"), 2) for r in rows],
+            "gap": [f"{r['gap']:+.2f}" if r.get("gap") is not None else "—" for r in rows],
+            "meta-iterations (tested)": [
+                f"{r['meta_iterations']} ({r['tested_iteration']})" if r.get("tested_iteration") else "—" for r in rows
+            ],
+            "wall (h)": [r.get("wall_h") or "—" for r in rows],
+            "status": [r["status"] for r in rows],
+        }
+    )
+    lines = [shown.to_markdown(index=False), "", "Provenance (every training session of every run):", ""]
+    for r in rows:
+        if r.get("commands"):
+            lines.append(f"- `{r['cell']}` {r['algorithm']}: commit {r['commits']}, {r['hardware']}, {r['dates']}")
+            lines += [f"  - `{c}`" for c in r["commands"].split(" || ")]
+    return "\n".join(lines) + "\n"
+
+
+def write_table1(runs_dir: Path, out: Path, evaluate: bool = False) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table1_rows(runs_dir, evaluate)
+    pd.DataFrame(rows).to_csv(out / "table1.csv", index=False)
+    (out / "table1.md").write_text(markdown(rows))
+    copy_runs(runs_dir, rows, out)
+    written = [out / "table1.csv", out / "table1.md"]
+    figures = [plot_curves(runs_dir, rows, out / "table1_curves.png"), plot_steps(rows, out / "table1_steps.png")]
+    return written + [f for f in figures if f]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mamlrun.results", description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=["table1"])
+    parser.add_argument("--runs", type=Path, default=Path("outputs/table1"))
+    parser.add_argument("--out", type=Path, default=Path("results/table1"))
+    parser.add_argument("--evaluate", action="store_true", help="test unfinished runs from their best checkpoint")
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        print(f"mamlrun: error: {args.runs} is not a directory (train first: make reproduce-table1)", file=sys.stderr)
+        return 2
+    for path in write_table1(args.runs, args.out, args.evaluate):
+        print(path)
+    print((args.out / "table1.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
