@@ -279,3 +279,35 @@ def test_evaluation_reports_every_step_and_improves_with_adaptation(strategy):
     # Plain SGD with a small step on a smooth loss: the support loss falls, so does the query MSE on average.
     assert result["loss"][-1].mean() < result["loss"][0].mean()
     assert all(p.grad is None for p in learner.parameters())
+
+
+def test_cpu_batched_strategy_chunks_by_a_fixed_rule_of_shapes():
+    learner = make(MAML, conv(), "classification", strategy="batched")
+    learner.chosen_strategy = "batched"
+
+    def batch(tasks, support, query):
+        return TaskBatch(
+            torch.zeros(tasks, support, 1, 28, 28),
+            torch.zeros(tasks, support),
+            torch.zeros(tasks, query, 1, 28, 28),
+            None,
+        )
+
+    assert learner.cache_chunk_size(batch(32, 5, 5)) == 16  # Omniglot 5-way 1-shot
+    assert learner.cache_chunk_size(batch(32, 5, 75)) == 2  # 15 query images per class
+    assert learner.cache_chunk_size(batch(16, 20, 20)) == 4  # 20-way 1-shot
+    assert learner.cache_chunk_size(batch(3, 1, 1)) == 3  # fits in one chunk
+    assert make(MAML, conv(), "classification", strategy="vmap").cache_chunk_size(batch(32, 5, 75)) is None
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["maml", "fomaml"])
+def test_cache_sized_chunks_give_the_reference_meta_gradient(monkeypatch, first_order):
+    import mamlrun.algorithms.base as base
+
+    monkeypatch.setattr(base, "CHUNK_INPUT_ELEMENTS", 2 * 12 * 12 * 12)  # one task (12 images) per chunk
+    model, batch = conv(), classification_batch()
+    learner = make(MAML, model, "classification", steps=2, first_order=first_order, strategy="batched")
+    learner.chosen_strategy = "batched"
+    assert learner.cache_chunk_size(batch) == 2
+    ref = reference_meta_grad(model, batch, 2, first_order, "classification")
+    torch.testing.assert_close(meta_grad(learner, batch), ref, rtol=1e-9, atol=1e-11)
