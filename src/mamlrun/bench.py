@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mamlrun.algorithms import MAML
 from mamlrun.data.tasks import TaskBatch
 from mamlrun.models import MLP, Conv4
+from mamlrun.models.layers import BatchNorm
 
 
 @dataclass
@@ -53,7 +54,6 @@ class Case:
     task_type: str
     inner_lr: float
     inner_steps: int
-    ways: int | None = None  # image cases: learn2learn's users train its OmniglotCNN(ways)
 
 
 def _sinusoid_batch(device, tasks=25, shots=5) -> TaskBatch:
@@ -88,7 +88,6 @@ CASES = {
         "classification",
         0.4,
         1,
-        5,
     ),
     "omniglot_5w1s_q15": Case(
         "omniglot 5w1s, 15 query per class",
@@ -97,7 +96,14 @@ CASES = {
         "classification",
         0.4,
         1,
-        5,
+    ),
+    "omniglot_noconv_5w1s": Case(
+        "omniglot no-conv 5w1s (MLP 256-128-64-64 + BN, meta-batch 32, 1+1 per class, 1 step)",
+        lambda: MLP((1, 28, 28), 5, hidden=(256, 128, 64, 64), batch_norm=True),
+        lambda d: _image_batch(d, 32, 5, 1, 1),
+        "classification",
+        0.4,
+        1,
     ),
     "omniglot_20w1s": Case(
         "omniglot 20w1s (conv4-64, meta-batch 16, 1+1 per class, 5 steps)",
@@ -106,7 +112,6 @@ CASES = {
         "classification",
         0.1,
         5,
-        20,
     ),
 }
 
@@ -165,29 +170,52 @@ def per_task_loop(model: nn.Module, case: Case) -> Impl:
 def learn2learn_network(model: nn.Module, case: Case) -> tuple[nn.Module, list[nn.Parameter]]:
     """The network learn2learn's users meta-train for ``case``, holding ``model``'s parameter values.
 
-    For the Omniglot cases, learn2learn's own ``OmniglotCNN`` (stride-2 3x3 convolutions, torch's
+    For the Omniglot conv net, learn2learn's own ``OmniglotCNN`` (stride-2 3x3 convolutions, torch's
     ``nn.BatchNorm2d`` in training mode, spatial mean, linear head: the paper's net, as mamlrun's
-    ``Conv4``); otherwise ``model`` itself (it has no batch norm). Also returns the network's
-    parameters in the order of ``model.parameters()``.
+    ``Conv4``); for the no-conv Omniglot MLP its ``OmniglotFC`` (``nn.BatchNorm1d``, with mamlrun's
+    batch-norm epsilon so that both compute the same function); otherwise ``model`` itself (no batch
+    norm). Also returns the network's parameters in the order of ``model.parameters()``.
     """
-    if case.ways is None:
-        return model, list(model.parameters())
     from mamlrun.algorithms.l2l import import_learn2learn
 
-    net = import_learn2learn().vision.models.OmniglotCNN(case.ways).to(next(model.parameters()).device)
+    models = import_learn2learn().vision.models
+    device = next(model.parameters()).device
+    if isinstance(model, Conv4) and model.pool == "stride":
+        net = models.OmniglotCNN(model.head.out_features, model.head.in_features)
+
+        def target(module: str) -> str:  # features.<3k> is block k's convolution, features.<3k+1> its batch norm
+            index = int(module.split(".")[1])
+            return f"base.{index // 3}.{'conv' if index % 3 == 0 else 'normalize'}"
+
+    elif isinstance(model, MLP) and any(isinstance(m, BatchNorm) for m in model):
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        net = models.OmniglotFC(
+            linears[0].in_features, linears[-1].out_features, [m.out_features for m in linears[:-1]]
+        )
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.eps = next(b for b in model if isinstance(b, BatchNorm)).eps
+        # MLP children: Flatten, then [Linear, BatchNorm, ReLU] per hidden layer (indices 1 + 3k, 2 + 3k), Linear.
+        head = len(model) - 1
+
+        def target(module: str) -> str:
+            index = int(module)
+            if index == head:
+                return "classifier"
+            return f"features.1.{(index - 1) // 3}.{'linear' if (index - 1) % 3 == 0 else 'normalize'}"
+
+    else:
+        return model, list(model.parameters())
+    net = net.to(device)
     theirs = dict(net.named_parameters())
     order = []
     for name, p in model.named_parameters():
         module, field = name.rsplit(".", 1)
-        if module == "head":
-            target = f"classifier.{field}"
-        else:  # features.<3k> is block k's convolution, features.<3k+1> its batch norm
-            index = int(module.split(".")[1])
-            target = f"base.{index // 3}.{'conv' if index % 3 == 0 else 'normalize'}.{field}"
+        mapped = f"classifier.{field}" if module == "head" else f"{target(module)}.{field}"
         with torch.no_grad():
-            theirs[target].copy_(p)
-        order.append(theirs[target])
-    assert len(order) == len(theirs), "OmniglotCNN and Conv4 differ in their parameters"
+            theirs[mapped].copy_(p)
+        order.append(theirs[mapped])
+    assert len(order) == len(theirs), "learn2learn's network and mamlrun's differ in their parameters"
     return net, order
 
 
@@ -597,7 +625,9 @@ def headline(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mamlrun.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="sinusoid,omniglot_5w1s,omniglot_5w1s_q15,omniglot_20w1s")
+    parser.add_argument(
+        "--cases", default="sinusoid,omniglot_5w1s,omniglot_5w1s_q15,omniglot_20w1s,omniglot_noconv_5w1s"
+    )
     parser.add_argument(
         "--implementations", help=f"comma-separated subset of: {', '.join(IMPLEMENTATIONS)} (default: all)"
     )

@@ -1,0 +1,58 @@
+"""``make bench``: learn2learn's networks compute mamlrun's function; the report is written."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from mamlrun import bench
+from mamlrun.models import MLP, Conv4
+
+
+@pytest.mark.parametrize("case", ["omniglot_5w1s", "omniglot_noconv_5w1s"], ids=["OmniglotCNN", "OmniglotFC"])
+def test_learn2learn_network_computes_the_same_function(case):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pytest.importorskip("learn2learn", reason="learn2learn missing: run `make install-l2l`")
+    torch.manual_seed(0)
+    model = bench.CASES[case].model().double()
+    net, order = bench.learn2learn_network(model, bench.CASES[case])
+    net = net.double()
+    assert isinstance(model, (Conv4, MLP)) and net is not model
+    assert [p.shape for p in order] == [p.shape for p in model.parameters()]
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(net(x), model(x), rtol=1e-10, atol=1e-10)
+    assert any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in net.modules())
+
+
+def test_bench_writes_interleaved_results_and_flops(tmp_path):
+    out = tmp_path / "bench.json"
+    code = bench.main(
+        [
+            "--cases",
+            "sinusoid",
+            "--implementations",
+            "per-task loop,mamlrun auto",
+            "--seconds",
+            "0",
+            "--e2e-iterations",
+            "0",
+            "--rl-repeats",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["environment"]["peak_gflops"] > 0
+    rows = {r["implementation"]: r for r in report["results"]}
+    assert set(rows) == {"per-task loop", "mamlrun auto"}
+    assert rows["mamlrun auto"]["strategy"] == "batched"
+    # Paired rounds: every implementation timed in every round, FLOPs counted once and shared.
+    assert rows["per-task loop"]["rounds"] == rows["mamlrun auto"]["rounds"] >= 3
+    assert rows["per-task loop"]["gflop"] == rows["mamlrun auto"]["gflop"] > 0
+    assert rows["mamlrun auto"]["max_grad_diff"] < 1e-5
