@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -22,11 +22,12 @@ from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mamlrun import rundirs
 from mamlrun.config import DTYPES, build, select_device, validate
 from mamlrun.errors import MamlrunError
-from mamlrun.files import write_json
-from mamlrun.logging import MetricLogger, rank
-from mamlrun.train import TEST_STREAM, Schedule, Trainer, evaluate, objective_key
+from mamlrun.files import write_failure, write_json
+from mamlrun.logging import MetricLogger, check_wandb_online, provenance, rank, record_provenance
+from mamlrun.train import RESUME_KEYS, TEST_STREAM, Schedule, Trainer, evaluate, objective_key, read_checkpoint
 
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
 # Flags after which Hydra only prints information: leave those to Hydra itself.
@@ -46,6 +47,11 @@ INFO_FLAGS = {
 }
 VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--package", "-p"}
 MAX_CHECKED_JOBS = 64
+# Keys whose value names where a run writes; given on the command line, they are taken as they are.
+RUN_DIR_KEYS = {False: "hydra.run.dir", True: "hydra.sweep.dir"}
+INTERRUPTED = 130  # the shell's exit status for a command stopped by Ctrl-C
+
+rundirs.register_resolvers()
 
 
 def error(message: str) -> None:
@@ -105,15 +111,31 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(c) for c in itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS)]
 
 
+@dataclass
+class Plan:
+    """What a command asks for, composed and validated: argv for Hydra and the first job's config."""
+
+    argv: list[str]
+    overrides: list[str] = field(default_factory=list)
+    multirun: bool = False
+    info: bool = False
+    base: DictConfig | None = None
+
+
 def prevalidate(argv: list[str]) -> list[str]:
     """Compose and validate every job of this command; return argv with the conf dir on the search path."""
+    return plan(argv).argv
+
+
+def plan(argv: list[str]) -> Plan:
+    """Compose and validate every job of this command (see :func:`prevalidate`), keeping what launch needs."""
     from hydra import compose, initialize_config_dir
 
     flags, overrides, multirun, info = split_argv(argv)
     config_dir = flags.get("--config-dir") or flags.get("-cd")
     extra = [f"hydra.searchpath=[file://{CONF_DIR}]"] if config_dir else []
     if info:
-        return argv + extra
+        return Plan(argv + extra, overrides, multirun, info=True)
     root = Path(config_dir).resolve() if config_dir else CONF_DIR
     if not root.is_dir():
         raise MamlrunError(f"config directory {config_dir} does not exist")
@@ -134,11 +156,51 @@ def prevalidate(argv: list[str]) -> list[str]:
             for job in jobs[:MAX_CHECKED_JOBS]:
                 cfg = compose(name, overrides=job, return_hydra_config=False)
                 validate(cfg)
+                check_inputs(cfg)
     except MamlrunError:
         raise
     except Exception as exc:  # Hydra/OmegaConf composition errors: unknown key, option, bad syntax
         raise MamlrunError(one_line(exc)) from None
-    return argv + extra
+    return Plan(argv + extra, overrides, multirun, base=base)
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Check the files and services a job will use, before any directory is created."""
+    if cfg.mode == "eval":
+        read_checkpoint(cfg.checkpoint)
+    if cfg.logger.get("name") == "wandb":
+        check_wandb_online(OmegaConf.to_container(cfg.logger, resolve=True))
+
+
+def claim_run_dir(job: Plan) -> tuple[Path, list[str]]:
+    """Create the directory the command writes to; return it and the overrides that point Hydra there.
+
+    A sweep's jobs are named after what they sweep: every override of the command that sweeps
+    nothing is left out of Hydra's ``override_dirname``.
+    """
+    parsed = OverridesParser.create().parse_overrides(job.overrides)
+    given = {ov.key_or_group for ov in parsed}
+    key = RUN_DIR_KEYS[job.multirun]
+    resume = bool(OmegaConf.select(job.base, "resume"))
+    path = rundirs.claim(OmegaConf.select(job.base, key), explicit=key in given, resume=resume, key=key)
+    extra = [f"{key}={_quoted(str(path))}"]
+    if resume:
+        last = path / "checkpoints" / "last.pt"
+        if not job.multirun and not last.exists():
+            raise MamlrunError(f"resume=true but there is no checkpoint to continue from at {last}")
+        if not job.multirun:
+            read_checkpoint(last, RESUME_KEYS)
+        # A resumed run keeps the config files it was started with (they are equal, or it stops).
+        extra.append("hydra.output_subdir=null")
+    if job.multirun and not any(k.startswith("hydra.job.config.override_dirname") for k in given):
+        fixed = sorted({ov.key_or_group for ov in parsed if not ov.is_sweep_override() and not ov.is_hydra_override()})
+        extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(map(_quoted, fixed))}]")
+    return path, extra
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a quoted Hydra override value: quotes and interpolations escaped, taken literally."""
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def execute(cfg: DictConfig) -> float:
@@ -154,6 +216,7 @@ def execute(cfg: DictConfig) -> float:
 
     sampler, learner = build_run(cfg, device, dtype)
     config = OmegaConf.to_container(cfg, resolve=True)
+    origin = provenance(list(hc.overrides.task))
     schedule = Schedule(
         # An algorithm without meta-training (random init) is evaluated as initialised.
         meta_iterations=cfg.meta_iterations if cfg.algorithm.get("meta_train", True) else 0,
@@ -168,13 +231,19 @@ def execute(cfg: DictConfig) -> float:
     )
     started = time.perf_counter()
     if cfg.mode == "eval":
-        return _evaluate_checkpoint(cfg, learner, sampler, schedule, run_dir)
+        return _evaluate_checkpoint(cfg, learner, sampler, schedule, run_dir, started, origin)
 
     optimizer = build(cfg.optimizer, params=learner.parameters())
     trainer = Trainer(learner, sampler, optimizer, schedule, run_dir, config, progress=cfg.train.progress)
     resumed = bool(cfg.resume) and trainer.restore()
+    if cfg.resume and not resumed:
+        raise MamlrunError(f"resume=true but there is no checkpoint to continue from at {trainer.ckpt_dir / 'last.pt'}")
     wandb_cfg = _wandb_settings(cfg, hc) if cfg.logger.name == "wandb" else None
-    logger = MetricLogger(run_dir, wandb_cfg, config, resume_step=trainer.iteration if resumed else None)
+    if rank() == 0:
+        record_provenance(run_dir, origin, mode=cfg.mode, resume=resumed)
+    # W&B records the provenance beside the config; the checkpoint's config (compared on resume) does not.
+    resume_step = trainer.iteration if resumed else None
+    logger = MetricLogger(run_dir, wandb_cfg, {**config, "provenance": origin}, resume_step=resume_step)
     try:
         trainer.fit(logger)
         metrics = trainer.test()
@@ -185,16 +254,27 @@ def execute(cfg: DictConfig) -> float:
         logger.log(metrics, trainer.iteration)
         logger.summary(metrics)
         if rank() == 0:
-            from mamlrun.report import run_figures
-
-            for name, path in run_figures(run_dir, learner, sampler, cfg).items():
-                logger.image(name, path, trainer.iteration)
             write_json(run_dir / "metrics.json", metrics)
+            for name, path in _figures(run_dir, learner, sampler, cfg).items():
+                logger.image(name, path, trainer.iteration)
     finally:
         logger.finish()
     key, _ = objective_key(learner, "test")
-    _print_summary(metrics, run_dir, key, resumed)
+    _print_summary(metrics, run_dir, key, resumed, metrics["train/wall_s"])
     return metrics[key]
+
+
+def _figures(run_dir: Path, learner, sampler, cfg: DictConfig) -> dict[str, Path]:
+    """The run's figures; a failed write (full disk) is one line and leaves no empty image behind."""
+    from mamlrun.report import run_figures
+
+    try:
+        return run_figures(run_dir, learner, sampler, cfg)
+    except OSError as exc:
+        for image in run_dir.glob("*.png"):
+            if image.stat().st_size == 0:
+                image.unlink()
+        raise MamlrunError(f"cannot write the figures in {run_dir}: {write_failure(run_dir, exc)}") from None
 
 
 def build_run(cfg: DictConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
@@ -227,22 +307,26 @@ def build_run(cfg: DictConfig, device: torch.device | str = "cpu", dtype: torch.
     return sampler, learner.to(device=device, dtype=dtype)
 
 
-def _evaluate_checkpoint(cfg, learner, sampler, schedule: Schedule, run_dir: Path) -> float:
+def _evaluate_checkpoint(
+    cfg, learner, sampler, schedule: Schedule, run_dir: Path, started: float, origin: dict
+) -> float:
     path = Path(cfg.checkpoint)
-    if not path.is_file():
-        raise MamlrunError(f"checkpoint {path} does not exist")
+    state = read_checkpoint(path)
     try:
-        state = torch.load(path, map_location=next(learner.parameters()).device, weights_only=False)
         learner.load_state_dict(state["learner"])
-    except (RuntimeError, KeyError, EOFError, OSError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MamlrunError(f"checkpoint {path} does not fit this model/algorithm: {str(exc).splitlines()[0]}") from None
+    if rank() == 0:
+        record_provenance(run_dir, origin, mode="eval", checkpoint=str(path.resolve()))
     metrics = evaluate(
         learner, sampler, "test", schedule.test_tasks, schedule.seed + TEST_STREAM, schedule.eval_batch_size
     )
     metrics["test/checkpoint"] = str(path.resolve())
-    write_json(run_dir / "metrics.json", metrics)
+    metrics["test/wall_s"] = time.perf_counter() - started
+    if rank() == 0:
+        write_json(run_dir / "metrics.json", metrics)
     key, _ = objective_key(learner, "test")
-    _print_summary(metrics, run_dir, key, False)
+    _print_summary(metrics, run_dir, key, False, metrics["test/wall_s"])
     return metrics[key]
 
 
@@ -255,7 +339,7 @@ def _wandb_settings(cfg: DictConfig, hc) -> dict:
     return settings
 
 
-def _print_summary(metrics: dict, run_dir: Path, key: str, resumed: bool) -> None:
+def _print_summary(metrics: dict, run_dir: Path, key: str, resumed: bool, wall_s: float) -> None:
     if rank() != 0:
         return
     split, stem = key.split("/")
@@ -263,7 +347,7 @@ def _print_summary(metrics: dict, run_dir: Path, key: str, resumed: bool) -> Non
     shown = [k for k in metrics if k.startswith(f"{split}/{name}_step")]
     if len(shown) > 4:
         shown = [shown[0], shown[1], shown[len(shown) // 2], shown[-1]]
-    lines = [f"mamlrun: done{' (resumed)' if resumed else ''} in {metrics.get('train/wall_s', 0):.1f} s"]
+    lines = [f"mamlrun: done{' (resumed)' if resumed else ''} in {wall_s:.1f} s"]
     for k in shown:
         ci = metrics.get(k.replace(f"{name}_step", f"{name}_ci95_step"))
         lines.append(f"  {k:<24} {metrics[k]:.4f} ± {ci:.4f}")
@@ -273,29 +357,53 @@ def _print_summary(metrics: dict, run_dir: Path, key: str, resumed: bool) -> Non
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_entry(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
         return execute(cfg)
     except MamlrunError as exc:
         error(str(exc))
-        _discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
+        if not cfg.get("resume"):
+            rundirs.discard_if_unused(run_dir)
         sys.exit(2)
+    except KeyboardInterrupt:
+        error(_interrupted(run_dir, hc))
+        if not cfg.get("resume"):
+            rundirs.discard_if_unused(run_dir)
+        sys.exit(INTERRUPTED)
 
 
-def _discard_if_empty(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but what Hydra wrote before the run failed."""
-    hydra_only = {".hydra", f"{HydraConfig.get().job.name}.log"}
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= hydra_only:
-        shutil.rmtree(run_dir, ignore_errors=True)
+def _interrupted(run_dir: Path, hc) -> str:
+    """One line for Ctrl-C: where the checkpoint to resume from is, and the command that resumes."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
+    key, where = ("hydra.sweep.dir", hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else ("hydra.run.dir", run_dir)
+    return f"interrupted; the resumable checkpoint is {last} (rerun the command with resume=true {key}={where})"
 
 
 def main() -> None:
     """Console-script entry point."""
+    claimed = None
     try:
-        sys.argv = [sys.argv[0], *prevalidate(sys.argv[1:])]
+        job = plan(sys.argv[1:])
+        argv = job.argv
+        if not job.info:
+            claimed, extra = claim_run_dir(job)
+            argv = argv + extra
+            resume = bool(OmegaConf.select(job.base, "resume"))
     except MamlrunError as exc:
         error(str(exc))
         sys.exit(2)
-    _hydra_entry()
+    except KeyboardInterrupt:
+        error("interrupted before the run started; nothing was written")
+        sys.exit(INTERRUPTED)
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        _hydra_entry()
+    finally:
+        if claimed is not None and not resume:
+            rundirs.discard_if_unused(claimed)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,36 @@
 
 The trainer talks to :class:`MetricLogger` alone. W&B is imported lazily, defaults to offline
 mode (never needs an account or a network) and logs the resolved config, metrics and images.
+Every run also records where its numbers come from (:func:`provenance`: git commit, package
+versions, machine) in ``provenance.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import importlib.metadata
 import json
 import math
+import netrc
 import os
+import platform
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
+
+from mamlrun.errors import MamlrunError
+from mamlrun.files import write_failure, write_json
+
+# The packages whose versions decide a run's numbers (those installed are recorded).
+PACKAGES = ("mamlrun", "torch", "numpy", "hydra-core", "omegaconf", "learn2learn", "wandb", "gymnasium", "mujoco")
+WANDB_MODES = ("offline", "online", "disabled")
+WANDB_URL = "https://api.wandb.ai"
+CONNECT_TIMEOUT_S = 5.0
 
 
 def rank() -> int:
@@ -54,13 +73,16 @@ class MetricLogger:
         self.wandb = None
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-        self._file = self.path.open("a")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_step is None:
+                self.path.write_text("")
+            elif self.path.exists():
+                kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+                self.path.write_text("".join(ln + "\n" for ln in kept))
+            self._file = self.path.open("a")
+        except OSError as exc:
+            raise MamlrunError(f"cannot write {self.path}: {write_failure(self.path, exc)}") from None
         if wandb_cfg is not None:
             self.wandb = _init_wandb(Path(run_dir), wandb_cfg, config or {})
 
@@ -68,8 +90,11 @@ class MetricLogger:
         if not self.enabled:
             return
         row = {k: to_python(v) for k, v in metrics.items()}
-        self._file.write(json.dumps({"step": step, **row}, allow_nan=True) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps({"step": step, **row}, allow_nan=True) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise MamlrunError(f"cannot write {self.path}: {write_failure(self.path, exc)}") from None
         if self.wandb is not None:
             self.wandb.log(row, step=step)
 
@@ -87,7 +112,8 @@ class MetricLogger:
     def finish(self) -> None:
         if not self.enabled:
             return
-        self._file.close()
+        with contextlib.suppress(OSError):  # every line was flushed (or reported) when it was logged
+            self._file.close()
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
@@ -97,16 +123,119 @@ def _init_wandb(run_dir: Path, cfg: dict, config: dict):
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    return wandb.init(
-        project=cfg.get("project", "mamlrun"),
-        entity=cfg.get("entity"),
-        group=cfg.get("group"),
-        name=cfg.get("name"),
-        tags=list(cfg.get("tags") or []),
-        mode=cfg.get("mode", "offline"),
-        dir=str(run_dir),
-        config=config,
-        id=cfg.get("id"),
-        resume="allow" if cfg.get("id") else None,
-        settings=wandb.Settings(init_timeout=30, x_disable_stats=True),
-    )
+    try:
+        return wandb.init(
+            project=cfg.get("project", "mamlrun"),
+            entity=cfg.get("entity"),
+            group=cfg.get("group"),
+            name=cfg.get("name"),
+            tags=list(cfg.get("tags") or []),
+            mode=cfg.get("mode", "offline"),
+            dir=str(run_dir),
+            config=config,
+            id=cfg.get("id"),
+            resume="allow" if cfg.get("id") else None,
+            settings=wandb.Settings(init_timeout=30, x_disable_stats=True),
+        )
+    except Exception as exc:  # wandb raises many types (network, auth, usage); all end the run
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = lines[0] if lines else type(exc).__name__
+        raise MamlrunError(f"W&B could not start ({reason}); use logger.mode=offline") from None
+
+
+def wandb_url() -> str:
+    """The W&B server this process talks to (``WANDB_BASE_URL``, else the public one)."""
+    return os.environ.get("WANDB_BASE_URL") or WANDB_URL
+
+
+def check_wandb_online(cfg: dict) -> None:
+    """Fail fast, before any work, when W&B online mode has no API key or cannot reach its server.
+
+    Offline and disabled modes need neither and are not checked.
+
+    Raises:
+        MamlrunError: no key (``wandb login`` / ``WANDB_API_KEY``) or no connection, with the
+            advice to use ``logger.mode=offline``.
+    """
+    if cfg.get("mode", "offline") != "online":
+        return
+    url = urlparse(wandb_url())
+    host = url.hostname or ""
+    if not (os.environ.get("WANDB_API_KEY") or _netrc_has(host)):
+        raise MamlrunError(
+            "logger.mode=online needs a W&B API key (run `wandb login` or set WANDB_API_KEY); "
+            "or use logger.mode=offline and `wandb sync` later"
+        )
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise MamlrunError(
+            f"logger.mode=online cannot reach {wandb_url()} ({reason}); use logger.mode=offline and `wandb sync` later"
+        ) from None
+
+
+def _netrc_has(host: str) -> bool:
+    """Whether ``~/.netrc`` (or ``$NETRC``), where ``wandb login`` stores keys, has one for ``host``."""
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+# -- provenance ------------------------------------------------------------------------------------
+def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
+    """Where a run's numbers come from: git commit, package versions, Python, machine and device.
+
+    Args:
+        overrides: the run's command-line overrides, recorded with the rest.
+    """
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    commit, dirty = _git_state(Path(__file__).resolve().parent)
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "packages": packages,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "overrides": list(overrides or []),
+    }
+
+
+def _git_state(folder: Path) -> tuple[str | None, bool | None]:
+    """The commit checked out where mamlrun's source lives and whether tracked files differ from it."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, None if status is None else bool(status)
+
+
+def record_provenance(run_dir: Path, info: dict[str, Any], **extra: Any) -> None:
+    """Append this start of the run (a resume is another start) to ``<run_dir>/provenance.json``."""
+    path = Path(run_dir) / "provenance.json"
+    try:
+        starts = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, ValueError):
+        starts = []
+    if not isinstance(starts, list):
+        starts = []
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_json(path, [*starts, {"started": started, **extra, **info}])

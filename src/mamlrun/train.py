@@ -7,7 +7,10 @@ logger; nothing here names an algorithm or a dataset.
 from __future__ import annotations
 
 import math
+import pickle
+import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,9 @@ from mamlrun.logging import MetricLogger, rank
 # Validation and test tasks come from their own seeded streams, so every validation sees the
 # same tasks and test tasks never depend on how long training ran.
 VAL_STREAM, TEST_STREAM = 1_000_003, 2_000_003
+# What a checkpoint must hold to evaluate a model from it, and to resume training from it.
+MODEL_KEYS = ("learner",)
+RESUME_KEYS = ("iteration", "learner", "optimizer", "generator", "torch_rng", "best", "config")
 
 
 @dataclass
@@ -120,6 +126,10 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(schedule.seed)
         self.iteration = 0
         self.best: dict[str, float | int | None] = {"value": None, "iteration": None}
+        # The first iteration with a non-finite loss (0: none yet), kept on the device.
+        self.first_bad = torch.zeros((), dtype=torch.long, device=self.device)
+        # On the CPU the loss is already on the host: checking every iteration costs nothing.
+        self.check_every_iteration = self.device.type == "cpu"
         self.val_key, self.higher_is_better = objective_key(learner, "val")
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -135,16 +145,20 @@ class Trainer:
         }
 
     def save(self, name: str = "last.pt") -> Path:
-        if rank() != 0:
-            return self.ckpt_dir / name
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        """Write a checkpoint atomically; a diverged run stops here instead of writing non-finite numbers."""
         path = self.ckpt_dir / name
-        save_torch(
+        if rank() != 0:
+            return path
+        self.check_finite()
+        state = (
             self.state()
             if name == "last.pt"
-            else {"learner": self.learner.state_dict(), "config": self.config, "iteration": self.iteration},
-            path,
+            else {"learner": self.learner.state_dict(), "config": self.config, "iteration": self.iteration}
         )
+        if not all_finite([state["learner"], state.get("optimizer")]):
+            raise self.diverged(f"non-finite parameters at iteration {self.iteration}")
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_torch(state, path)
         return path
 
     def restore(self) -> bool:
@@ -152,16 +166,37 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        changed = _config_diff(state.get("config", {}), self.config)
+        state = read_checkpoint(path, RESUME_KEYS)
+        changed = _config_diff(state.get("config") or {}, self.config)
         if changed:
             raise MamlrunError(f"cannot resume from {path}: the config differs in {', '.join(changed)}")
-        self.learner.load_state_dict(state["learner"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        self.iteration, self.best = state["iteration"], state["best"]
+        try:
+            self.learner.load_state_dict(state["learner"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            self.iteration, self.best = int(state["iteration"]), dict(state["best"])
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise MamlrunError(f"cannot resume from {path}: it does not fit this run ({first_line(exc)})") from None
         return True
+
+    # -- divergence ---------------------------------------------------------------------------
+    def track_finite(self, stats: Mapping[str, torch.Tensor]) -> None:
+        """Remember the first iteration whose statistics are not finite, on the device: no host sync."""
+        finite = torch.stack([torch.isfinite(v).all().to(self.device) for v in stats.values()]).all()
+        self.first_bad = torch.where(finite | (self.first_bad > 0), self.first_bad, self.iteration)
+
+    def check_finite(self) -> None:
+        """Raise if any iteration so far had a non-finite loss (reads the device flag: one sync)."""
+        bad = int(self.first_bad)
+        if bad:
+            raise self.diverged(f"non-finite loss at iteration {bad}")
+
+    def diverged(self, what: str) -> MamlrunError:
+        """The error for a diverged run, naming the last good checkpoint it leaves behind."""
+        last = self.ckpt_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+        return MamlrunError(f"training diverged: {what} (lower optimizer.lr or inner_lr); {kept}")
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, logger: MetricLogger) -> None:
@@ -183,19 +218,18 @@ class Trainer:
             batch = self.sampler.sample(s.meta_batch_size, "train", self.generator)
             window.append(self.learner.update(batch, self.optimizer))
             self.iteration += 1
+            self.track_finite(window[-1])
             bar.update(1)
             due = {
                 name: every and self.iteration % every == 0
                 for name, every in (("log", s.log_every), ("val", s.val_every), ("ckpt", s.checkpoint_every))
             }
-            if due["log"] or self.iteration == s.meta_iterations:
+            last = self.iteration == s.meta_iterations
+            if self.check_every_iteration or due["log"] or due["val"] or due["ckpt"] or last:
+                self.check_finite()  # before anything of this iteration is written
+            if due["log"] or last:
                 stats = {f"train/{k}": torch.stack([w[k] for w in window]).mean().item() for k in window[0]}
                 window.clear()
-                if not all(math.isfinite(v) for v in stats.values()):
-                    raise MamlrunError(
-                        f"training diverged: non-finite loss at iteration {self.iteration} "
-                        "(lower optimizer.lr or inner_lr)"
-                    )
                 elapsed = time.perf_counter() - started
                 stats["train/iters_per_s"] = (self.iteration - start_iteration) / max(elapsed, 1e-9)
                 logger.log(stats, self.iteration)
@@ -223,8 +257,7 @@ class Trainer:
         s = self.schedule
         best_path = self.ckpt_dir / "best.pt"
         if self.best["iteration"] is not None and best_path.exists():
-            state = torch.load(best_path, map_location=self.device, weights_only=False)
-            self.learner.load_state_dict(state["learner"])
+            self.learner.load_state_dict(read_checkpoint(best_path, MODEL_KEYS)["learner"])
         metrics = evaluate(self.learner, self.sampler, "test", s.test_tasks, s.seed + TEST_STREAM, s.eval_batch_size)
         metrics["test/checkpoint_iteration"] = self.best["iteration"] or self.iteration
         return metrics
@@ -242,3 +275,55 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(prefix + key)
     return out
+
+
+def read_checkpoint(path: str | Path, needs: Iterable[str] = MODEL_KEYS) -> dict:
+    """A checkpoint's contents, loaded on the CPU without executing anything from the file.
+
+    ``torch.load(weights_only=True)`` admits tensors and plain containers only, which is all a
+    mamlrun checkpoint holds; anything else (code to run, another program's pickle) is refused.
+
+    Args:
+        path: the ``.pt`` file.
+        needs: keys the checkpoint must have for its use (``MODEL_KEYS``, ``RESUME_KEYS``).
+
+    Raises:
+        MamlrunError: the path is missing or a directory, the file is not a mamlrun checkpoint,
+            lacks ``needs``, or holds non-finite parameters (a diverged run's).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MamlrunError(f"checkpoint {path} is a directory, not a .pt file")
+    if not path.is_file():
+        raise MamlrunError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        why = f"it asks to load {refused.group(1)}, which is refused" if refused else first_line(exc)
+        raise MamlrunError(f"checkpoint {path} is not a mamlrun checkpoint ({why})") from None
+    except Exception as exc:  # arbitrary bytes fail torch.load in many ways; all mean the same
+        raise MamlrunError(f"checkpoint {path} is not a mamlrun checkpoint ({first_line(exc)})") from None
+    missing = [k for k in needs if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["learner"], dict):
+        raise MamlrunError(f"checkpoint {path} is not a mamlrun checkpoint (no {', '.join(missing) or 'learner'})")
+    if not all_finite(state["learner"]):
+        raise MamlrunError(f"checkpoint {path} holds non-finite parameters (written by a diverged run)")
+    return state
+
+
+def all_finite(obj: object) -> bool:
+    """Whether every floating-point tensor in a nest of dicts, lists and tuples is finite."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, Mapping):
+        return all(all_finite(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return all(all_finite(v) for v in obj)
+    return not isinstance(obj, float) or math.isfinite(obj)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type when the message is empty)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -24,6 +24,32 @@ HOW_TO = (
 )
 
 
+# The only globals a MiniImagenet pickle cache needs: numpy's array and scalar reconstruction (under
+# numpy 1 and numpy 2 module names), dtypes, and the ordered dict some versions of the caches use.
+ALLOWED_GLOBALS = {
+    (module, name)
+    for core in ("numpy.core", "numpy._core")
+    for module, name in (
+        (f"{core}.multiarray", "_reconstruct"),
+        (f"{core}.multiarray", "scalar"),
+        (f"{core}.numeric", "_frombuffer"),
+    )
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"), ("_codecs", "encode")}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, numbers, strings, lists and dicts, and nothing else.
+
+    A pickle can name any importable callable and have it called while loading (``os.system``,
+    ``subprocess.run``); a downloaded cache is not trusted with that.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks to load {module}.{name}, which a MiniImagenet cache never holds")
+        return super().find_class(module, name)
+
+
 def _from_csv(root: Path, size: int) -> dict[str, torch.Tensor]:
     arrays = {}
     for split in SPLITS:
@@ -51,20 +77,29 @@ def _from_csv(root: Path, size: int) -> dict[str, torch.Tensor]:
 def _from_pickles(root: Path, size: int) -> dict[str, torch.Tensor]:
     arrays = {}
     for split in SPLITS:
+        path = root / PICKLE.format(split=split)
         try:
-            with (root / PICKLE.format(split=split)).open("rb") as f:
-                blob = pickle.load(f)
-            data, classes = np.asarray(blob["image_data"]), blob["class_dict"]
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
-            raise MamlrunError(f"miniimagenet: cannot read {PICKLE.format(split=split)}: {exc}") from None
-        if data.shape[1:] != (size, size, 3):
-            raise MamlrunError(
-                f"miniimagenet: {PICKLE.format(split=split)} holds {data.shape[1:]} images, expected {(size, size, 3)}"
-            )
-        per_class = min(len(v) for v in classes.values())
-        index = np.stack([np.asarray(v[:per_class]) for v in classes.values()])
-        arrays[split] = torch.from_numpy(np.ascontiguousarray(data[index].transpose(0, 1, 4, 2, 3)))
+            arrays[split] = _read_pickle(path, size)
+        except MamlrunError:
+            raise
+        except Exception as exc:  # a damaged or foreign pickle fails in many ways; each is "cannot read"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MamlrunError(f"miniimagenet: cannot read {path}: {reason}") from None
     return arrays
+
+
+def _read_pickle(path: Path, size: int) -> torch.Tensor:
+    """One split's ``[classes, images, 3, size, size]`` uint8 array from a pickle cache."""
+    with path.open("rb") as f:
+        blob = RestrictedUnpickler(f).load()
+    data, classes = np.asarray(blob["image_data"]), blob["class_dict"]
+    if data.dtype != np.uint8 or not isinstance(classes, dict) or not classes:
+        raise TypeError("image_data must be a uint8 array and class_dict a non-empty dict")
+    if data.shape[1:] != (size, size, 3):
+        raise MamlrunError(f"miniimagenet: {path.name} holds {data.shape[1:]} images, expected {(size, size, 3)}")
+    per_class = min(len(v) for v in classes.values())
+    index = np.stack([np.asarray(v[:per_class]) for v in classes.values()])
+    return torch.from_numpy(np.ascontiguousarray(data[index].transpose(0, 1, 4, 2, 3)))
 
 
 class MiniImagenet(ImageTasks):

@@ -57,6 +57,8 @@ def _group(members: Sequence[str], source: Path) -> dict[tuple[str, str], list[t
     out: dict[tuple[str, str], list[tuple[Path, str]]] = {}
     for member in sorted(members):
         parts = Path(member).parts
+        if ".." in parts or Path(member).is_absolute():  # a path that leaves the archive is no drawing
+            raise MamlrunError(f"omniglot: {source} holds an unsafe member {member!r} (absolute or with '..')")
         if len(parts) >= 3:
             out.setdefault((parts[-3], parts[-2]), []).append((source, member))
     return out

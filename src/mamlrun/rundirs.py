@@ -1,0 +1,128 @@
+"""Run directories that never collide: every run claims a directory of its own before Hydra writes.
+
+The directory a run (or a sweep) writes to is created here with ``os.mkdir``, which fails if the
+directory exists, so two runs started in the same second, or two sweeps, never share one: the
+second gets the next free name (``-2``, ``-3``, ...). A directory named explicitly on the command
+line (``hydra.run.dir=...``) is taken only if it is new or empty, or with ``resume=true``.
+Jobs of a sweep are named after the values they sweep (``3_algorithm-pretrain__shots-5``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mamlrun.errors import MamlrunError
+
+# Hydra's bookkeeping in a run or sweep directory: a directory holding nothing else has no results.
+BOOKKEEPING = {".hydra", "multirun.yaml"}
+MAX_NAME = 80  # characters of a job folder's name
+MAX_TRIES = 1000  # suffixes tried before giving up on a unique name
+# Characters that keep a folder name usable unquoted in a shell and in a Hydra override.
+UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def job_dirname(overrides: str, fallback: str) -> str:
+    """A sweep job's folder name: its swept overrides, filesystem-safe and at most ``MAX_NAME`` long.
+
+    Args:
+        overrides: Hydra's ``hydra.job.override_dirname`` (the job's swept overrides).
+        fallback: the name to use when nothing is swept (the run name).
+    """
+    name = UNSAFE.sub("-", str(overrides)).strip("-.") or UNSAFE.sub("-", str(fallback)).strip("-.") or "job"
+    if len(name) > MAX_NAME:
+        # Cut long names, keeping them distinct by a digest of the whole.
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - 9]}-{digest}"
+    return name
+
+
+def register_resolvers() -> None:
+    """``${mamlrun.dirname:...}`` for the sweep job folders in ``conf/hydra/mamlrun.yaml``."""
+    OmegaConf.register_new_resolver("mamlrun.dirname", job_dirname, replace=True)
+
+
+def claim(path: str | Path, *, explicit: bool, resume: bool, key: str) -> Path:
+    """Create the directory a run or sweep writes to, never one that another run already uses.
+
+    Args:
+        path: the directory Hydra's config names.
+        explicit: whether the user named it (``key=...``); otherwise it is a template's result
+            and gets a counter suffix when taken.
+        resume: continue the run in ``path``, which must then exist.
+        key: the config key that names it, for messages.
+
+    Returns:
+        The directory the run must use.
+
+    Raises:
+        MamlrunError: the directory cannot be created, is already in use, or (resume) is missing.
+    """
+    path = Path(path)
+    if resume:
+        if not explicit:
+            raise MamlrunError(f"resume=true needs {key}=<the directory of the run to continue>")
+        if not path.is_dir():
+            raise MamlrunError(f"resume=true but {key}={path} is not a directory")
+        return path
+    _make_parent(path, key)
+    if explicit:
+        return _claim_named(path, key)
+    for n in range(1, MAX_TRIES + 1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise MamlrunError(f"cannot create {key}={candidate}: {os.strerror(exc.errno or 0)}") from None
+    raise MamlrunError(f"cannot find a free name for {key}={path} (tried {MAX_TRIES})")
+
+
+def _make_parent(path: Path, key: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise MamlrunError(f"cannot create {key}={path}: a parent is a file") from None
+    except OSError as exc:
+        raise MamlrunError(f"cannot create {key}={path}: {os.strerror(exc.errno or 0)}") from None
+
+
+def _claim_named(path: Path, key: str) -> Path:
+    try:
+        os.mkdir(path)
+        return path
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise MamlrunError(f"cannot create {key}={path}: {os.strerror(exc.errno or 0)}") from None
+    if not path.is_dir():
+        raise MamlrunError(f"cannot create {key}={path}: a file of that name exists")
+    if any(path.iterdir()):
+        raise MamlrunError(f"{key}={path} already holds a run; continue it with resume=true, or choose a new directory")
+    return path  # an empty directory made for this run
+
+
+def discard_if_unused(path: str | Path) -> None:
+    """Remove a run or sweep directory that holds no results, only what Hydra wrote before a failure."""
+    path = Path(path)
+    if path.is_dir() and _unused(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _unused(folder: Path) -> bool:
+    for entry in folder.iterdir():
+        if entry.name in BOOKKEEPING:
+            continue
+        if entry.is_file() and entry.suffix == ".log":
+            continue
+        if entry.is_dir() and not entry.is_symlink() and _unused(entry):
+            continue
+        return False
+    return True
