@@ -12,14 +12,16 @@ all exact and all differentiable to any order:
 - ``batched``: one forward pass of all tasks with batched kernels (:mod:`mamlrun.models.batched`;
   a ``vmap``-ed forward for models it does not cover), then one ``torch.autograd.grad`` of the
   summed task losses with respect to the batched parameters (tasks are independent, so that is
-  every task's gradient);
-- ``loop``: one task at a time with ``torch.autograd.grad`` (fastest where vmap turns convolutions
-  into slow grouped kernels, e.g. many query images per task on CPU).
+  every task's gradient). On CPU it runs the meta-batch in cache-sized chunks of tasks
+  (:meth:`MetaLearner.cache_chunk_size`);
+- ``loop``: one task at a time with ``torch.autograd.grad`` (the textbook computation; the fewest
+  live tensors).
 
 ``auto`` is a fixed rule of the model and the device (:func:`auto_strategy`; no timing, so the same
 model on the same device always computes the same way): ``batched`` for models it covers, else
-``vmap``. The choice is fixed at the first meta-batch and saved in the ``state_dict``, so a
-resumed run computes exactly as before, even one whose checkpoint chose differently. ``chunk_size`` bounds memory by
+``vmap``. The choice is fixed at the first meta-batch, readable before it as
+:attr:`MetaLearner.strategy_name`, and saved in the ``state_dict``, so a resumed run computes
+exactly as before, even one whose checkpoint chose differently. ``chunk_size`` bounds memory by
 running the meta-batch in chunks and accumulating the meta-gradient, exact because the meta-loss
 is a mean over tasks.
 """
@@ -315,9 +317,9 @@ def auto_strategy(model: nn.Module, device: torch.device | str) -> str:
     """What ``hardware.strategy=auto`` computes ``model`` with on ``device``: a fixed rule, no timing.
 
     ``batched`` wherever :func:`~mamlrun.models.batched.supports` the model: on CPU it was the
-    fastest exact strategy on every benchmark shape (``make bench``: the sinusoid MLP, the Omniglot
-    conv net with 1 or 15 query images per class, 20-way with 5 inner steps, the no-conv Omniglot
-    MLP); on a GPU it issues the fewest kernels (one grouped kernel per layer for all tasks, where
+    fastest strategy on every benchmark shape (``make bench``: the sinusoid MLP, the Omniglot conv
+    net with 1 or 15 query images per class, 20-way with 5 inner steps; tied with ``vmap`` on the
+    no-conv Omniglot MLP); on a GPU it issues the fewest kernels (one grouped kernel per layer for all tasks, where
     ``loop`` issues one per task and ``vmap`` adds batching-rule overhead). Other models get
     ``vmap``, which runs any ``functional_call``-able network.
     """
