@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 reproduce-rl-navigation reproduce-rl-locomotion clean
+.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 results-table1 reproduce-rl-navigation reproduce-rl-locomotion clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -58,8 +58,14 @@ reproduce-sinusoid: install  ## the paper's sinusoid comparison (MAML vs pretrai
 	$(BIN)/mamlrun -cd sweeps -cn sinusoid hydra.sweep.dir=outputs/multirun/sinusoid$(SUFFIX) $(if $(QUICK),$(QUICK_SINUSOID)) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/sinusoid$(SUFFIX) --table sinusoid --out outputs/reports$(SUFFIX)
 
-reproduce-table1: install  ## the paper's Table 1 (Omniglot, MiniImagenet; MAML and FOMAML) on the data present (QUICK=1: plumbing only)
-	$(BIN)/python -m mamlrun.reproduce table1 $(if $(QUICK),--quick) $(ARGS)
+CELLS ?=
+ALGORITHMS ?=
+
+reproduce-table1: install  ## the paper's Table 1 on the data present, resumable, into results/table1 (CELLS=omniglot_5w1s ALGORITHMS=maml: a subset; QUICK=1: plumbing only)
+	$(BIN)/python -m mamlrun.reproduce table1 $(if $(QUICK),--quick) $(if $(CELLS),--cells $(CELLS)) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(ARGS)
+
+results-table1: install  ## rebuild results/table1 from the runs in outputs/table1, testing unfinished runs from their best checkpoint
+	$(BIN)/python -m mamlrun.results table1 --evaluate $(ARGS)
 
 QUICK_RL := meta_iterations=3 meta_batch_size=4 shots=4 train.val_every=0 eval.test_tasks=8
 

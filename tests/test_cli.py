@@ -221,33 +221,6 @@ def test_wandb_offline_records_config_metrics_and_group(tmp_path):
     assert not Path(tmp_path / "wandb").exists()  # everything stays inside the run directories
 
 
-def test_table1_quick_reproduction_writes_the_table(tmp_path):
-    """`make reproduce-table1 QUICK=1`: every Omniglot cell of Table 1, MAML and FOMAML, on the data present."""
-    from tests.data.conftest import OMNIGLOT
-
-    if not OMNIGLOT.is_dir():
-        pytest.skip(f"the real Omniglot archives are not at {OMNIGLOT}")
-    proc = subprocess.run(
-        [str(MAMLRUN.with_name("python")), "-m", "mamlrun.reproduce", "table1", "--quick"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={
-            **__import__("os").environ,
-            "MAMLRUN_CACHE": str(tmp_path / "cache"),
-            "MAMLRUN_DATA": str(tmp_path / "nodata"),
-        },
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "skipping the miniimagenet cells" in proc.stdout
-    table = (tmp_path / "outputs" / "reports_quick" / "table1.csv").read_text().splitlines()
-    assert len(table) == 1 + 12  # 6 Omniglot cells x {maml, fomaml}
-    assert (tmp_path / "outputs" / "reports_quick" / "table1_steps.png").stat().st_size > 10_000
-    md = (tmp_path / "outputs" / "reports_quick" / "table1.md").read_text()
-    assert "98.70 ± 0.40" in md and "omniglot_20w5s" in md
-
-
 def test_learn2learn_backend_runs_and_refuses_what_it_lacks(tmp_path):
     pytest.importorskip("learn2learn", reason="learn2learn missing: run `make install-l2l`")
     run_mamlrun("algorithm.backend=learn2learn", "algorithm=metasgd", *TINY, "hydra.run.dir=l2l", cwd=tmp_path)

@@ -46,15 +46,16 @@ def learning_curve(run_dir: Path) -> Path | None:
         return None
     val_cols = [c for c in ("val/mse_mean", "val/acc_mean", "val/return_mean") if c in df]
     fig, axes = plt.subplots(1, 1 + bool(val_cols), figsize=(5 + 4 * bool(val_cols), 3.5), squeeze=False)
+    # A short run logs a handful of points: draw them as markers, or a single point would be invisible.
+    train = df.dropna(subset=["train/return_post" if rl else "train/loss"])
+    style = {"marker": "o"} if len(train) < 20 else {}
     if rl:
-        train = df.dropna(subset=["train/return_post"])
-        axes[0, 0].plot(train["step"], train["train/return_pre"], label="before adaptation")
-        axes[0, 0].plot(train["step"], train["train/return_post"], label="after adaptation")
+        axes[0, 0].plot(train["step"], train["train/return_pre"], label="before adaptation", **style)
+        axes[0, 0].plot(train["step"], train["train/return_post"], label="after adaptation", **style)
         axes[0, 0].set(xlabel="meta-iteration", ylabel="average return (train tasks)")
         axes[0, 0].legend(fontsize=8)
     else:
-        train = df.dropna(subset=["train/loss"])
-        axes[0, 0].plot(train["step"], train["train/loss"])
+        axes[0, 0].plot(train["step"], train["train/loss"], **style)
         axes[0, 0].set(xlabel="meta-iteration", ylabel="train/loss (query, after adaptation)", yscale="log")
     if val_cols:
         val = df.dropna(subset=[val_cols[0]])

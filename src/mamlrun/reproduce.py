@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -50,7 +49,7 @@ QUICK = [
     "hardware.strategy=batched",
     "hardware.threads=1",
 ]
-QUICK_JOBS = 2  # quick runs go two at a time, one thread each
+QUICK_JOBS = 2  # quick runs go two at a time (Hydra's joblib launcher), one thread each
 
 
 def _compose(table: str, overrides: list[str]):
@@ -117,6 +116,31 @@ def plan(
     return runs, skipped
 
 
+def quick_sweep(runs_dir: Path, cells: dict[str, list[str]], algorithms: list[str], overrides: list[str]) -> int:
+    """Quick runs as Hydra multiruns (one per data folder, two jobs at a time): no process start per cell."""
+    by_data: dict[tuple[str, ...], list[str]] = {}
+    for cell, extra in cells.items():
+        by_data.setdefault(tuple(extra), []).append(cell)
+    for extra, group in by_data.items():
+        cmd = [
+            str(Path(sys.executable).with_name("mamlrun")),
+            "-m",
+            f"hydra.sweep.dir={runs_dir}",
+            "hydra.sweep.subdir=${hydra:runtime.choices.experiment}__${algorithm.name}",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={QUICK_JOBS}",
+            f"experiment={','.join(group)}",
+            f"algorithm={','.join(algorithms)}",
+            *overrides,
+            *extra,
+        ]
+        print("reproduce:", " ".join(cmd[1:]), flush=True)
+        code = subprocess.run(cmd).returncode
+        if code:
+            return code
+    return 0
+
+
 def train(cmd: list[str], run_dir: Path) -> int:
     """Run one cell's command and append the session (command, commit, hardware, wall time) to its ledger."""
     before, started = last_iteration(run_dir), time.time()
@@ -162,18 +186,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(runs_dir, ignore_errors=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_json(runs_dir / "skipped.json", skipped)
-    jobs = [
-        (run_command(cell, algo, runs_dir / f"{cell}__{algo}", [*overrides, *extra]), runs_dir / f"{cell}__{algo}")
-        for cell, extra in cells.items()
-        for algo in algorithms
-    ]
-    for cmd, _ in jobs:
-        print("reproduce:", " ".join(cmd[1:]), flush=True)
-    with ThreadPoolExecutor(QUICK_JOBS if args.quick else 1) as pool:
-        codes = list(pool.map(lambda job: train(*job), jobs))
+    if args.quick:
+        codes = [quick_sweep(runs_dir, cells, algorithms, overrides)]
+    else:
+        jobs = [
+            (run_command(cell, algo, runs_dir / f"{cell}__{algo}", [*overrides, *extra]), runs_dir / f"{cell}__{algo}")
+            for cell, extra in cells.items()
+            for algo in algorithms
+        ]
+        codes = [train(cmd, run_dir) for cmd, run_dir in jobs]
     failed = sum(code != 0 for code in codes)
     if failed:
-        print(f"mamlrun: error: {failed} of {len(jobs)} runs failed (see above)", file=sys.stderr)
+        print(f"mamlrun: error: {failed} of {len(codes)} runs failed (see above)", file=sys.stderr)
         return 1
     from mamlrun.results import main as results
 
