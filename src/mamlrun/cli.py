@@ -2,7 +2,8 @@
 
 Hydra composes ``conf/`` (shipped with the package). Before Hydra creates any run directory,
 every override combination the command asks for is composed and validated, so a bad config ends
-with one line on stderr and exit status 2.
+with one line on stderr and exit status 2. torch and the training code are imported only once the
+command is known to be good (importing torch takes longer than all the checks).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
@@ -23,11 +24,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mamlrun import rundirs
-from mamlrun.config import DTYPES, build, select_device, validate
+from mamlrun.config import build, select_device, torch_dtype, validate
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
 from mamlrun.logging import MetricLogger, check_wandb_online, provenance, rank, record_provenance
-from mamlrun.train import RESUME_KEYS, TEST_STREAM, Schedule, Trainer, evaluate, objective_key, read_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+    from mamlrun.train import Schedule
 
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
 # Flags after which Hydra only prints information: leave those to Hydra itself.
@@ -167,13 +172,19 @@ def plan(argv: list[str]) -> Plan:
 def check_inputs(cfg: DictConfig) -> None:
     """Check the files and services a job will use, before any directory is created."""
     if cfg.mode == "eval":
+        from mamlrun.train import read_checkpoint
+
         read_checkpoint(cfg.checkpoint)
     if cfg.logger.get("name") == "wandb":
         check_wandb_online(OmegaConf.to_container(cfg.logger, resolve=True))
 
 
-def claim_run_dir(job: Plan) -> tuple[Path, list[str]]:
-    """Create the directory the command writes to; return it and the overrides that point Hydra there.
+def claim_run_dir(job: Plan) -> tuple[Path, Path | None, list[str]]:
+    """Create the directory the command writes to.
+
+    Returns:
+        The directory, the outermost folder created for it (``None`` if none was), and the
+        overrides that point Hydra there.
 
     A sweep's jobs are named after what they sweep: every override of the command that sweeps
     nothing is left out of Hydra's ``override_dirname``.
@@ -182,20 +193,25 @@ def claim_run_dir(job: Plan) -> tuple[Path, list[str]]:
     given = {ov.key_or_group for ov in parsed}
     key = RUN_DIR_KEYS[job.multirun]
     resume = bool(OmegaConf.select(job.base, "resume"))
-    path = rundirs.claim(OmegaConf.select(job.base, key), explicit=key in given, resume=resume, key=key)
+    wanted = OmegaConf.select(job.base, key)
+    created = None if resume else rundirs.first_missing(wanted)
+    path = rundirs.claim(wanted, explicit=key in given, resume=resume, key=key)
+    created = created or path  # a suffixed name is new even when the wanted one existed
     extra = [f"{key}={_quoted(str(path))}"]
     if resume:
         last = path / "checkpoints" / "last.pt"
         if not job.multirun and not last.exists():
             raise MamlrunError(f"resume=true but there is no checkpoint to continue from at {last}")
         if not job.multirun:
+            from mamlrun.train import RESUME_KEYS, read_checkpoint
+
             read_checkpoint(last, RESUME_KEYS)
         # A resumed run keeps the config files it was started with (they are equal, or it stops).
         extra.append("hydra.output_subdir=null")
     if job.multirun and not any(k.startswith("hydra.job.config.override_dirname") for k in given):
         fixed = sorted({ov.key_or_group for ov in parsed if not ov.is_sweep_override() and not ov.is_hydra_override()})
         extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(map(_quoted, fixed))}]")
-    return path, extra
+    return path, created, extra
 
 
 def _quoted(text: str) -> str:
@@ -205,13 +221,17 @@ def _quoted(text: str) -> str:
 
 def execute(cfg: DictConfig) -> float:
     """Build everything from ``cfg``, run it, write metrics; return the objective for sweepers."""
+    import torch
+
+    from mamlrun.train import Schedule, Trainer, objective_key
+
     validate(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     device = select_device(cfg.hardware.device)
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
-    dtype = DTYPES[cfg.hardware.dtype]
+    dtype = torch_dtype(cfg.hardware.dtype)
     torch.manual_seed(cfg.seed)
 
     sampler, learner = build_run(cfg, device, dtype)
@@ -277,8 +297,11 @@ def _figures(run_dir: Path, learner, sampler, cfg: DictConfig) -> dict[str, Path
         raise MamlrunError(f"cannot write the figures in {run_dir}: {write_failure(run_dir, exc)}") from None
 
 
-def build_run(cfg: DictConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """The task sampler and the meta-learner (with its network) that ``cfg`` describes."""
+def build_run(cfg: DictConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    """The task sampler and the meta-learner (with its network) that ``cfg`` describes (float32 by default)."""
+    import torch
+
+    dtype = dtype or torch.float32
     sampler = build(cfg.dataset).to(device, dtype)
     model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
     if sampler.task_type == "rl":
@@ -310,6 +333,8 @@ def build_run(cfg: DictConfig, device: torch.device | str = "cpu", dtype: torch.
 def _evaluate_checkpoint(
     cfg, learner, sampler, schedule: Schedule, run_dir: Path, started: float, origin: dict
 ) -> float:
+    from mamlrun.train import TEST_STREAM, evaluate, objective_key, read_checkpoint
+
     path = Path(cfg.checkpoint)
     state = read_checkpoint(path)
     try:
@@ -384,12 +409,12 @@ def _interrupted(run_dir: Path, hc) -> str:
 
 def main() -> None:
     """Console-script entry point."""
-    claimed = None
+    claimed = created = None
     try:
         job = plan(sys.argv[1:])
         argv = job.argv
         if not job.info:
-            claimed, extra = claim_run_dir(job)
+            claimed, created, extra = claim_run_dir(job)
             argv = argv + extra
             resume = bool(OmegaConf.select(job.base, "resume"))
     except MamlrunError as exc:
@@ -403,7 +428,7 @@ def main() -> None:
         _hydra_entry()
     finally:
         if claimed is not None and not resume:
-            rundirs.discard_if_unused(claimed)
+            rundirs.discard_if_unused(claimed, created)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from mamlrun.errors import MamlrunError
 
 # Below this many free bytes a failed write is reported as a full disk: torch.save's own message
@@ -59,6 +57,8 @@ def existing_parent(path: Path) -> Path:
 
 
 def save_torch(obj: object, path: Path) -> None:
+    import torch  # here, not at the top: the CLI checks its input before it pays for importing torch
+
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
-
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
 
@@ -44,6 +42,8 @@ def world_size() -> int:
 
 
 def to_python(value: Any) -> Any:
+    import torch  # here, not at the top: the CLI checks its input before it pays for importing torch
+
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
     return value
@@ -191,6 +191,8 @@ def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
     Args:
         overrides: the run's command-line overrides, recorded with the rest.
     """
+    import torch
+
     packages = {}
     for name in PACKAGES:
         try:

@@ -109,11 +109,34 @@ def _claim_named(path: Path, key: str) -> Path:
     return path  # an empty directory made for this run
 
 
-def discard_if_unused(path: str | Path) -> None:
-    """Remove a run or sweep directory that holds no results, only what Hydra wrote before a failure."""
+def first_missing(path: str | Path) -> Path | None:
+    """The outermost of ``path`` and its ancestors that does not exist yet (``None``: ``path`` exists)."""
+    path = Path(path).absolute()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def discard_if_unused(path: str | Path, created: Path | None = None) -> None:
+    """Remove a run or sweep directory that holds no results, only what Hydra wrote before a failure.
+
+    Args:
+        path: the run or sweep directory.
+        created: the outermost folder this command created for it (see :func:`first_missing`):
+            the folders between it and ``path`` go too when they are left empty.
+    """
     path = Path(path)
-    if path.is_dir() and _unused(path):
+    if path.is_dir():
+        if not _unused(path):
+            return
         shutil.rmtree(path, ignore_errors=True)
+    if created is None:
+        return
+    created, folder = Path(created).absolute(), path.absolute().parent
+    while folder.is_relative_to(created) and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def _unused(folder: Path) -> bool:
