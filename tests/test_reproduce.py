@@ -104,3 +104,15 @@ def test_table1_quick_reproduction_writes_the_table(tmp_path, small_sets):
     md = (report / "table1.md").read_text()
     assert "98.70 ± 0.40" in md and "omniglot_20w5s" in md
     assert not (tmp_path / "results").exists()  # quick runs never touch the measured results
+
+
+def test_a_short_runs_learning_curve_shows_its_points(tmp_path):
+    """One logged point used to give an empty plot (a line needs two points); now it is a marker."""
+    import matplotlib.image
+
+    from mamlrun.report import learning_curve
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 20, "train/loss": 0.7}\n')
+    image = matplotlib.image.imread(learning_curve(tmp_path))[..., :3]
+    blue = (abs(image - [31 / 255, 119 / 255, 180 / 255]).sum(-1) < 0.1).sum()  # matplotlib's first colour
+    assert blue > 20

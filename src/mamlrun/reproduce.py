@@ -182,11 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     except MamlrunError as exc:
         print(f"mamlrun: error: {exc}", file=sys.stderr)
         return 2
-    if args.quick:
+    if args.quick:  # a fresh sweep directory: Hydra's sweep claims it whole
         shutil.rmtree(runs_dir, ignore_errors=True)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    write_json(runs_dir / "skipped.json", skipped)
-    if args.quick:
         codes = [quick_sweep(runs_dir, cells, algorithms, overrides)]
     else:
         jobs = [
@@ -195,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             for algo in algorithms
         ]
         codes = [train(cmd, run_dir) for cmd, run_dir in jobs]
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    write_json(runs_dir / "skipped.json", skipped)
     failed = sum(code != 0 for code in codes)
     if failed:
         print(f"mamlrun: error: {failed} of {len(codes)} runs failed (see above)", file=sys.stderr)

@@ -271,7 +271,9 @@ def markdown(rows: list[dict]) -> str:
             "status": [r["status"] for r in rows],
         }
     )
-    lines = [shown.to_markdown(index=False), "", "Provenance (every training session of every run):", ""]
+    lines = [shown.to_markdown(index=False)]
+    if any(r.get("commands") for r in rows):
+        lines += ["", "Provenance (every training session of every run):", ""]
     for r in rows:
         if r.get("commands"):
             lines.append(f"- `{r['cell']}` {r['algorithm']}: commit {r['commits']}, {r['hardware']}, {r['dates']}")

@@ -263,11 +263,16 @@ class Trainer:
         return metrics
 
 
+# Keys a resumed run may change: how it logs, checkpoints and computes, and where its data lies,
+# not what it trains (every strategy computes the same meta-gradient).
+RESUMABLE_CHANGES = {"resume", "logger", "train", "hardware", "dataset.root", "dataset.cache_dir", "dataset.download"}
+
+
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Keys whose values differ between two nested config dicts (``resume`` itself ignored)."""
+    """Keys whose values differ between two nested config dicts (``RESUMABLE_CHANGES`` ignored)."""
     out = []
     for key in sorted(set(old) | set(new)):
-        if key in ("resume", "logger", "train") and not prefix:
+        if prefix + key in RESUMABLE_CHANGES:
             continue
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
