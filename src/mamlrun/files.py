@@ -38,8 +38,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def write_failure(path: Path, exc: BaseException) -> str:
     """Why a write to ``path`` failed, in words (an OS error's text, else a full disk if it is one)."""
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return os.strerror(exc.errno)
+    cause: BaseException | None = exc
+    while cause is not None:  # torch wraps the OSError of a failed write in a RuntimeError
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
     try:
         if shutil.disk_usage(existing_parent(path)).free < NEARLY_FULL:
             return os.strerror(errno.ENOSPC)
@@ -59,7 +62,12 @@ def existing_parent(path: Path) -> Path:
 def save_torch(obj: object, path: Path) -> None:
     import torch  # here, not at the top: the CLI checks its input before it pays for importing torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        # Through a Python file, so that a failed write keeps its OSError (errno) for the message.
+        with tmp.open("wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
 
 
 def write_json(path: Path, data: dict | list) -> None:
