@@ -116,3 +116,13 @@ def test_a_short_runs_learning_curve_shows_its_points(tmp_path):
     image = matplotlib.image.imread(learning_curve(tmp_path))[..., :3]
     blue = (abs(image - [31 / 255, 119 / 255, 180 / 255]).sum(-1) < 0.1).sum()  # matplotlib's first colour
     assert blue > 20
+
+
+def test_a_resumed_run_may_move_its_data_and_change_hardware_but_not_its_recipe():
+    from mamlrun.train import _config_diff
+
+    old = {"inner_lr": 0.4, "dataset": {"root": "../data", "ways": 5}, "hardware": {"strategy": "batched"}}
+    new = {"inner_lr": 0.4, "dataset": {"root": "/data", "ways": 5}, "hardware": {"strategy": "auto", "threads": 2}}
+    assert _config_diff(old, new) == []
+    new["dataset"]["ways"], new["inner_lr"] = 20, 0.1
+    assert _config_diff(old, new) == ["dataset.ways", "inner_lr"]

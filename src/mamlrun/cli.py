@@ -256,6 +256,9 @@ def execute(cfg: DictConfig) -> float:
     optimizer = build(cfg.optimizer, params=learner.parameters())
     trainer = Trainer(learner, sampler, optimizer, schedule, run_dir, config, progress=cfg.train.progress)
     resumed = bool(cfg.resume) and trainer.restore()
+    strategy = getattr(learner, "strategy_name", None)  # after restore: a checkpoint's choice wins
+    if strategy and rank() == 0:
+        print(f"mamlrun: tasks of a meta-batch computed with strategy '{strategy}'", flush=True)
     if cfg.resume and not resumed:
         raise MamlrunError(f"resume=true but there is no checkpoint to continue from at {trainer.ckpt_dir / 'last.pt'}")
     wandb_cfg = _wandb_settings(cfg, hc) if cfg.logger.name == "wandb" else None
@@ -280,7 +283,7 @@ def execute(cfg: DictConfig) -> float:
     finally:
         logger.finish()
     key, _ = objective_key(learner, "test")
-    _print_summary(metrics, run_dir, key, resumed, metrics["train/wall_s"])
+    _print_summary(metrics, run_dir, key, resumed, metrics["train/wall_s"], strategy)
     return metrics[key]
 
 
@@ -364,7 +367,9 @@ def _wandb_settings(cfg: DictConfig, hc) -> dict:
     return settings
 
 
-def _print_summary(metrics: dict, run_dir: Path, key: str, resumed: bool, wall_s: float) -> None:
+def _print_summary(
+    metrics: dict, run_dir: Path, key: str, resumed: bool, wall_s: float, strategy: str | None = None
+) -> None:
     if rank() != 0:
         return
     split, stem = key.split("/")
@@ -376,6 +381,8 @@ def _print_summary(metrics: dict, run_dir: Path, key: str, resumed: bool, wall_s
     for k in shown:
         ci = metrics.get(k.replace(f"{name}_step", f"{name}_ci95_step"))
         lines.append(f"  {k:<24} {metrics[k]:.4f} ± {ci:.4f}")
+    if strategy:
+        lines.append(f"  strategy: {strategy}")
     lines.append(f"  outputs: {run_dir}")
     print("\n".join(lines), flush=True)
 
