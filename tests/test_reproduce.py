@@ -64,6 +64,7 @@ def test_a_cell_resumes_in_its_own_directory_and_keeps_its_provenance(tmp_path, 
     run = runs / "omniglot_5w1s__maml"
     assert (run / "checkpoints" / "last.pt").is_file()
     assert "skipping" not in first.stdout  # only the chosen cell was looked at
+    assert "computed with strategy 'batched'" in first.stdout and "  strategy: batched" in first.stdout
     second = _reproduce(tmp_path, *args, *quick)  # the same command again: continues, does not start over
     assert second.returncode == 0, second.stderr[-3000:]
     sessions = results.read_ledger(run)
