@@ -1,0 +1,13 @@
+"""``mamlrun --help`` opens with mamlrun's own usage, not Hydra's generic banner."""
+
+from __future__ import annotations
+
+from tests.conftest import run_mamlrun
+
+
+def test_help_shows_mamlruns_usage_and_groups(tmp_path):
+    out = run_mamlrun("--help", cwd=tmp_path).stdout
+    assert out.startswith("mamlrun: train and evaluate MAML-family meta-learners")
+    assert "Powered by Hydra" not in out and "mamlrun dataset=omniglot" in out
+    assert "algorithm: fomaml, maml, metasgd" in out  # the config groups, listed by Hydra from conf/
+    assert not list(tmp_path.iterdir())  # asking for help writes nothing
