@@ -64,49 +64,6 @@ def test_multirun_sweeps_a_shared_knob_into_separate_run_dirs(tmp_path):
     assert "sweep summary" in proc.stdout
 
 
-@pytest.mark.parametrize(
-    ("args", "fragment"),
-    [
-        (["inner_steps=-1"], "inner_steps must be at least 0"),
-        (["meta_batch_size=0"], "meta_batch_size must be at least 1"),
-        (["optimizer.lr=-0.1"], "optimizer.lr must be greater than 0"),
-        (["inner_lr=-1"], "inner_lr must be at least 0"),
-        (["shots=abc"], "shots must be an integer"),
-        (["no_such_key=1"], "unknown key 'no_such_key' (to add a new key, use +no_such_key=1)"),
-        (
-            ["algorithm=nope"],
-            "Could not find 'algorithm/nope' (available: fomaml, maml, metasgd, pretrain, random, reptile)",
-        ),
-        (["-m", "experiment=nope,sinusoid"], "Could not find 'experiment/nope' (available: "),
-        (["inner_steps=[1"], "cannot parse 'inner_steps=[1': no viable alternative at input '[1'"),
-        (["-m", "inner_steps=1,-2"], "inner_steps must be at least 0"),
-        (
-            ["hardware.device=cuda"] if not torch.cuda.is_available() else ["hardware.device=tpu"],
-            "hardware.device",
-        ),
-        (["mode=eval"], "checkpoint="),
-        (["algorithm.backend=jax"], "algorithm.backend"),
-    ],
-)
-def test_bad_config_is_one_line_and_nonzero_before_any_output(tmp_path, args, fragment):
-    proc = run_mamlrun(*args, cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mamlrun: error:"), proc.stderr
-    assert fragment in lines[0]
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "outputs").exists()
-
-
-def test_error_while_building_leaves_no_run_directory(tmp_path):
-    proc = run_mamlrun("model=conv4", "hydra.run.dir=out", cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "mamlrun: error: Conv4 needs image inputs [channels, height, width]; the dataset gives (1,)"
-    )
-    assert not (tmp_path / "out").exists()
-
-
 def test_diverging_run_stops_with_one_line(tmp_path):
     proc = run_mamlrun(
         "inner_lr=50",
@@ -146,20 +103,20 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["iteration"] >= 300:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["iteration"] >= 300:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
     proc.wait()
-    interrupted_at = torch.load(ckpt, weights_only=False)["iteration"]
+    interrupted_at = torch.load(ckpt, weights_only=True)["iteration"]
     assert 300 <= interrupted_at < 1500, "the run was not interrupted"
     assert not (tmp_path / "cut" / "metrics.json").exists()
     proc = run_mamlrun(*args, "hydra.run.dir=cut", "resume=true", cwd=tmp_path)
     assert "resumed" in proc.stdout
 
     whole, cut = (
-        torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=False),
-        torch.load(ckpt, weights_only=False),
+        torch.load(tmp_path / "whole/checkpoints/last.pt", weights_only=True),
+        torch.load(ckpt, weights_only=True),
     )
     for k, v in whole["learner"].items():
         if isinstance(v, torch.Tensor):
