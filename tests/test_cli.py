@@ -51,7 +51,8 @@ def test_overrides_reach_the_run(tmp_path):
 def test_multirun_sweeps_a_shared_knob_into_separate_run_dirs(tmp_path):
     proc = run_mamlrun("-m", "inner_steps=1,2,3", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path)
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and (p / "metrics.json").exists())
-    assert len(jobs) == 3
+    # Job folders are named after the values they sweep.
+    assert [job.name for job in jobs] == ["0_inner_steps-1", "1_inner_steps-2", "2_inner_steps-3"]
     steps = sorted(
         int(line.split(":")[1])
         for job in jobs
@@ -139,7 +140,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 def test_eval_mode_evaluates_a_checkpoint(tmp_path):
     run_mamlrun(*TINY, "hydra.run.dir=train", cwd=tmp_path)
     ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
-    run_mamlrun(
+    proc = run_mamlrun(
         "mode=eval",
         f"checkpoint={ckpt}",
         "eval.test_tasks=20",
@@ -147,13 +148,10 @@ def test_eval_mode_evaluates_a_checkpoint(tmp_path):
         "hydra.run.dir=ev",
         cwd=tmp_path,
     )
-    assert read_metrics(tmp_path / "ev")["test/mse_step3"] == pytest.approx(
-        read_metrics(tmp_path / "train")["test/mse_step3"]
-    )
-    bad = run_mamlrun(
-        "mode=eval", f"checkpoint={ckpt}", "model.hidden=[8]", "hydra.run.dir=ev2", cwd=tmp_path, check=False
-    )
-    assert bad.returncode == 2 and "does not fit" in bad.stderr
+    evaluated = read_metrics(tmp_path / "ev")
+    assert evaluated["test/mse_step3"] == pytest.approx(read_metrics(tmp_path / "train")["test/mse_step3"])
+    # The summary reports how long the evaluation took (a checkpoint that does not fit: tests/test_bad_inputs.py).
+    assert evaluated["test/wall_s"] > 0 and f"done in {evaluated['test/wall_s']:.1f} s" in proc.stdout
 
 
 def test_wandb_offline_records_config_metrics_and_group(tmp_path):

@@ -130,12 +130,6 @@ def test_two_runs_started_in_the_same_second_keep_separate_directories(tmp_path)
     assert all(sorted(p.name for p in folder.iterdir()) == ["keep.txt"] for folder in taken)
 
 
-def test_sweep_jobs_are_named_after_what_they_sweep(tmp_path):
-    run_mamlrun("-m", "inner_steps=1,2", *TINY, "hydra.sweep.dir=sweep", cwd=tmp_path, env=QUIET)
-    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert jobs == ["0_inner_steps-1", "1_inner_steps-2"]
-
-
 # -- dataset caches ------------------------------------------------------------------------------
 def test_damaged_cache_is_rebuilt_and_says_so(tmp_path, capsys):
     images = torch.arange(4096, dtype=torch.int32).view(torch.uint8).reshape(4, 4, 1, 32, 32)
@@ -303,10 +297,3 @@ def test_same_seed_same_numbers_with_the_default_strategy(tmp_path):
     for name in ("a", "b"):
         (start,) = json.loads((tmp_path / name / "provenance.json").read_text())
         assert start["packages"]["torch"] == torch.__version__.split("+")[0] and "git_commit" in start
-
-
-def test_eval_reports_its_real_wall_time(tmp_path):
-    ckpt = crafted.real_checkpoint(tmp_path / "train")
-    proc = run_mamlrun("mode=eval", f"checkpoint={ckpt}", "eval.test_tasks=400", "hydra.run.dir=ev", cwd=tmp_path)
-    wall = read_metrics(tmp_path / "ev")["test/wall_s"]
-    assert wall > 0 and f"mamlrun: done in {wall:.1f} s" in proc.stdout
