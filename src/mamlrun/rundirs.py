@@ -19,8 +19,9 @@ from omegaconf import OmegaConf
 
 from mamlrun.errors import MamlrunError
 
-# Hydra's bookkeeping in a run or sweep directory: a directory holding nothing else has no results.
-BOOKKEEPING = {".hydra", "multirun.yaml"}
+# Bookkeeping in a run or sweep directory (Hydra's files, the run's provenance): a directory holding
+# nothing else, or only empty files, has no results.
+BOOKKEEPING = {".hydra", "multirun.yaml", "provenance.json"}
 MAX_NAME = 80  # characters of a job folder's name
 MAX_TRIES = 1000  # suffixes tried before giving up on a unique name
 # Characters that keep a folder name usable unquoted in a shell and in a Hydra override.
@@ -143,7 +144,7 @@ def _unused(folder: Path) -> bool:
     for entry in folder.iterdir():
         if entry.name in BOOKKEEPING:
             continue
-        if entry.is_file() and entry.suffix == ".log":
+        if entry.is_file() and (entry.suffix == ".log" or entry.stat().st_size == 0):
             continue
         if entry.is_dir() and not entry.is_symlink() and _unused(entry):
             continue
