@@ -209,7 +209,9 @@ CASES: dict[str, Case] = {
         hostile_checkpoint(LAST),
     ),
     "resume with another config": Case(
-        ["resume=true", "hydra.run.dir=run", "inner_lr=0.02"], "config differs in algorithm.inner_lr, inner_lr", run_dir_of_earlier_run
+        ["resume=true", "hydra.run.dir=run", "inner_lr=0.02"],
+        "config differs in algorithm.inner_lr, inner_lr",
+        run_dir_of_earlier_run,
     ),
     # -- datasets ------------------------------------------------------------------------------
     "no dataset": Case(
