@@ -227,7 +227,7 @@ CASES: dict[str, Case] = {
     ),
     "bad image in an archive": Case(
         OMNIGLOT,
-        "cannot decode the omniglot data",
+        "cannot decode images_background/Alpha/character00/000.png in ",
         omniglot({"images_background/Alpha/character00/000.png": b"not a png"}),
     ),
     "damaged pickle cache": Case(MINI, "cannot read mini/mini-imagenet-cache-train.pkl", mini_pickles(hostile=False)),

@@ -76,8 +76,12 @@ def decode(characters: dict, keys: list, per_class: int, size: int) -> torch.Ten
                     raw = io.BytesIO(z.read(member))
                 else:
                     raw = source / member
-                with Image.open(raw) as im:
-                    small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+                try:
+                    with Image.open(raw) as im:
+                        small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
+                except (OSError, ValueError) as exc:  # a damaged or foreign file: name it, not PIL's internals
+                    reason = str(exc).split(" <")[0] or type(exc).__name__  # drop "<_io.BytesIO object at 0x...>"
+                    raise MamlrunError(f"omniglot: cannot decode {member} in {source}: {reason}") from None
                 out[i, j, 0] = 255 - np.asarray(small, dtype=np.uint8)
     finally:
         for z in archives.values():
