@@ -42,6 +42,7 @@ from mamlrun.algorithms import MAML
 from mamlrun.data.tasks import TaskBatch
 from mamlrun.models import MLP, Conv4
 from mamlrun.models.layers import BatchNorm
+from mamlrun.paths import small_omniglot
 
 
 @dataclass
@@ -571,16 +572,6 @@ class _Folder:
         pass
 
 
-def _small_omniglot() -> Path | None:
-    try:
-        from mamlrun.paths import small_omniglot
-    except ImportError:
-        from mamlrun.reproduce import SMALL_OMNIGLOT
-
-        return SMALL_OMNIGLOT
-    return small_omniglot()
-
-
 def environment() -> dict:
     return {
         "torch": torch.__version__,
@@ -655,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 matrix-multiply peak here: {env['peak_gflops']:.1f} GFLOP/s (best of 5 sgemms 2048^3)", flush=True)
     rows = run(args.cases.split(","), device, args.seconds, implementations, env["peak_gflops"]) if args.cases else []
     if args.e2e_iterations:
-        root = args.omniglot or next((p for p in (Path("data/omniglot"), _small_omniglot()) if p and p.is_dir()), None)
+        root = args.omniglot or next((p for p in (Path("data/omniglot"), small_omniglot()) if p and p.is_dir()), None)
         if root is None:
             print("\nend to end: skipped, no Omniglot data (give --omniglot <folder>)")
         else:

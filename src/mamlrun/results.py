@@ -191,6 +191,15 @@ def table1_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def _save(fig, axes, path: Path) -> Path:
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(runs_dir: Path, rows: list[dict], path: Path) -> Path | None:
     """Validation accuracy against meta-iteration for every run, with the paper's number dashed."""
     curves = []
@@ -208,11 +217,7 @@ def plot_curves(runs_dir: Path, rows: list[dict], path: Path) -> Path | None:
             line = ax.plot(steps, acc, marker=".", label=f"{row['algorithm']} (validation)")[0]
             ax.axhline(row["paper"], ls="--", color=line.get_color(), lw=1, label=f"paper {row['algorithm']} (test)")
         ax.set(title=cell.replace("_", " "), xlabel="meta-iteration", ylabel="accuracy (%)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, axes[0], path)
 
 
 def plot_steps(rows: list[dict], path: Path) -> Path | None:
@@ -227,11 +232,7 @@ def plot_steps(rows: list[dict], path: Path) -> Path | None:
             steps = sorted(int(k.removeprefix("acc_step")) for k in row if k.startswith("acc_step"))
             ax.plot(steps, [row[f"acc_step{k}"] for k in steps], marker="o", label=row["algorithm"])
         ax.set(title=cell.replace("_", " "), xlabel="inner steps at test", ylabel="accuracy (%)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, axes[0], path)
 
 
 def copy_runs(runs_dir: Path, rows: list[dict], out: Path) -> None:
