@@ -49,6 +49,7 @@ QUICK = [
     "hardware.strategy=batched",
     "hardware.threads=1",
 ]
+INTERRUPTED = 130  # a run's exit status after Ctrl-C (it left a resumable checkpoint)
 QUICK_JOBS = 2  # quick runs go two at a time (Hydra's joblib launcher), one thread each
 
 
@@ -194,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         codes = [train(cmd, run_dir) for cmd, run_dir in jobs]
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_json(runs_dir / "skipped.json", skipped)
+    if INTERRUPTED in codes:
+        print("mamlrun: error: interrupted; run the same command again to continue", file=sys.stderr)
+        return INTERRUPTED
     failed = sum(code != 0 for code in codes)
     if failed:
         print(f"mamlrun: error: {failed} of {len(codes)} runs failed (see above)", file=sys.stderr)

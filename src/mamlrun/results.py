@@ -153,16 +153,33 @@ def _test_metrics(run_dir: Path, runs_dir: Path, evaluate: bool) -> tuple[dict, 
     return {}, "training, not tested yet"
 
 
+def missing_data(cell: str, reasons: dict[str, str | None]) -> str | None:
+    """Why a cell cannot run on this machine (its data set is absent), or None; memoised per data set."""
+    from mamlrun.config import build
+    from mamlrun.errors import MamlrunError
+    from mamlrun.reproduce import _compose
+
+    dataset = _compose("table1", [f"experiment={cell}"]).dataset
+    if dataset.name not in reasons:
+        try:
+            build(dataset)
+            reasons[dataset.name] = None
+        except MamlrunError as exc:
+            reasons[dataset.name] = str(exc)
+    return reasons[dataset.name]
+
+
 def table1_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
     """One row per Table 1 cell and algorithm the paper reports, run or not."""
     skipped = json.loads((runs_dir / "skipped.json").read_text()) if (runs_dir / "skipped.json").exists() else {}
-    rows = []
+    rows, reasons = [], {}
     for cell, published in paper.TABLE1.items():
         for algo, (paper_acc, paper_ci) in published.items():
             run_dir = runs_dir / f"{cell}__{algo}"
             row: dict[str, Any] = {"cell": cell, "algorithm": algo, "paper": paper_acc, "paper_ci95": paper_ci}
             if not (run_dir / ".hydra").is_dir():
-                row["status"] = f"not run: {skipped.get(cell, 'no run yet')}"
+                reason = skipped.get(cell) or missing_data(cell, reasons)
+                row["status"] = f"not run: {reason or f'not started (make reproduce-table1 CELLS={cell})'}"
                 rows.append(row)
                 continue
             metrics, status = _test_metrics(run_dir, runs_dir, evaluate)
@@ -269,7 +286,8 @@ def markdown(rows: list[dict]) -> str:
                 f"{r['meta_iterations']} ({r['tested_iteration']})" if r.get("tested_iteration") else "—" for r in rows
             ],
             "wall (h)": [r.get("wall_h") or "—" for r in rows],
-            "status": [r["status"] for r in rows],
+            # The CSV keeps the whole reason; the table its first clause ("not run: miniimagenet: no data in ...").
+            "status": [": ".join(r["status"].split(": ")[:3]) for r in rows],
         }
     )
     lines = [shown.to_markdown(index=False)]
