@@ -53,7 +53,8 @@ INTERRUPTED = 130  # a run's exit status after Ctrl-C (it left a resumable check
 QUICK_JOBS = 2  # quick runs go two at a time (Hydra's joblib launcher), one thread each
 
 
-def _compose(table: str, overrides: list[str]):
+def compose_table(table: str, overrides: list[str]):
+    """A paper table's sweep file (``sweeps/<table>.yaml``) composed with ``overrides``, Hydra's part included."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(SWEEPS_DIR), version_base="1.3"):
@@ -61,7 +62,7 @@ def _compose(table: str, overrides: list[str]):
 
 
 def _sweep_values(table: str, key: str, overrides: list[str]) -> list[str]:
-    params = OmegaConf.to_container(_compose(table, overrides).hydra.sweeper.params)
+    params = OmegaConf.to_container(compose_table(table, overrides).hydra.sweeper.params)
     return [v.strip() for v in str(params[key]).split(",")]
 
 
@@ -92,7 +93,7 @@ def plan(
     tried: dict[str, list[str] | None] = {}
     reasons: dict[str, str] = {}
     for cell in _selected(_sweep_values(table, "experiment", overrides), cells, "cell"):
-        cfg = _compose(table, [f"experiment={cell}", *overrides])
+        cfg = compose_table(table, [f"experiment={cell}", *overrides])
         dataset = cfg.dataset.name
         if dataset not in tried:
             tried[dataset] = []

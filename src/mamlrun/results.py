@@ -157,9 +157,9 @@ def missing_data(cell: str, reasons: dict[str, str | None]) -> str | None:
     """Why a cell cannot run on this machine (its data set is absent), or None; memoised per data set."""
     from mamlrun.config import build
     from mamlrun.errors import MamlrunError
-    from mamlrun.reproduce import _compose
+    from mamlrun.reproduce import compose_table
 
-    dataset = _compose("table1", [f"experiment={cell}"]).dataset
+    dataset = compose_table("table1", [f"experiment={cell}"]).dataset
     if dataset.name not in reasons:
         try:
             build(dataset)
