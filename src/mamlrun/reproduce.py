@@ -33,7 +33,7 @@ from mamlrun.config import build
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_json
 from mamlrun.paths import CONF_DIR, SWEEPS_DIR, data_candidates, small_omniglot
-from mamlrun.results import last_iteration, record_session
+from mamlrun.results import checkpoint_iteration, record_session
 
 # Enough to exercise every stage (train, validate, checkpoint, test, report) in seconds per cell.
 QUICK = [
@@ -145,7 +145,8 @@ def quick_sweep(runs_dir: Path, cells: dict[str, list[str]], algorithms: list[st
 
 def train(cmd: list[str], run_dir: Path) -> int:
     """Run one cell's command and append the session (command, commit, hardware, wall time) to its ledger."""
-    before, started = last_iteration(run_dir), time.time()
+    last = run_dir / "checkpoints" / "last.pt"  # where a resumed run starts (later log lines are redone)
+    before, started = (checkpoint_iteration(last) or 0) if last.is_file() else 0, time.time()
     code = subprocess.run(cmd).returncode
     if run_dir.is_dir():
         record_session(run_dir, ["mamlrun", *cmd[1:]], started, time.time(), before, code)
