@@ -76,13 +76,8 @@ def claim(path: str | Path, *, explicit: bool, resume: bool, key: str) -> Path:
         return _claim_named(path, key)
     for n in range(1, MAX_TRIES + 1):
         candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
-        try:
-            os.mkdir(candidate)
+        if _mkdir(candidate, key):
             return candidate
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise MamlrunError(f"cannot create {key}={candidate}: {os.strerror(exc.errno or 0)}") from None
     raise MamlrunError(f"cannot find a free name for {key}={path} (tried {MAX_TRIES})")
 
 
@@ -95,14 +90,20 @@ def _make_parent(path: Path, key: str) -> None:
         raise MamlrunError(f"cannot create {key}={path}: {os.strerror(exc.errno or 0)}") from None
 
 
-def _claim_named(path: Path, key: str) -> Path:
+def _mkdir(path: Path, key: str) -> bool:
+    """Create ``path`` atomically; False if it exists, one line for any other failure."""
     try:
         os.mkdir(path)
-        return path
+        return True
     except FileExistsError:
-        pass
+        return False
     except OSError as exc:
         raise MamlrunError(f"cannot create {key}={path}: {os.strerror(exc.errno or 0)}") from None
+
+
+def _claim_named(path: Path, key: str) -> Path:
+    if _mkdir(path, key):
+        return path
     if not path.is_dir():
         raise MamlrunError(f"cannot create {key}={path}: a file of that name exists")
     if any(path.iterdir()):
