@@ -134,15 +134,18 @@ def evaluate_partial(run_dir: Path, runs_dir: Path) -> Path | None:
     return out if subprocess.run(cmd).returncode == 0 else None
 
 
+def evaluations(run_dir: Path, runs_dir: Path) -> list[Path]:
+    """The test metrics of a run's evaluated checkpoints, oldest iteration first (by number, not by name)."""
+    found = (runs_dir / "_eval").glob(f"{run_dir.name}__it*/metrics.json")
+    return sorted(found, key=lambda p: int(p.parent.name.rsplit("__it", 1)[1]))
+
+
 # -- the table ------------------------------------------------------------------------------
 def _test_metrics(run_dir: Path, runs_dir: Path, evaluate: bool) -> tuple[dict, str]:
     finished = run_dir / "metrics.json"
     if finished.is_file():
         return json.loads(finished.read_text()), "finished"
-    evals = sorted(
-        (runs_dir / "_eval").glob(f"{run_dir.name}__it*/metrics.json"),
-        key=lambda p: int(p.parent.name.rsplit("__it", 1)[1]),
-    )
+    evals = evaluations(run_dir, runs_dir)
     if evaluate:
         fresh = evaluate_partial(run_dir, runs_dir)
         evals = [fresh / "metrics.json"] if fresh else evals
@@ -269,7 +272,7 @@ def copy_runs(runs_dir: Path, rows: list[dict], out: Path) -> None:
         ]:
             if src.is_file():
                 shutil.copyfile(src, dest / name)
-        evals = sorted((runs_dir / "_eval").glob(f"{run_dir.name}__it*/metrics.json"))
+        evals = evaluations(run_dir, runs_dir)
         if evals and not (run_dir / "metrics.json").is_file():
             shutil.copyfile(evals[-1], dest / f"test_metrics_{evals[-1].parent.name.rsplit('__', 1)[1]}.json")
 
