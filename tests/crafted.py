@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mamlrun.cli import build_run
+from mamlrun.assemble import build_run
 from mamlrun.config import build
 from mamlrun.train import Schedule, Trainer
 from tests.conftest import compose_config

@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from mamlrun.algorithms import MetaLearner
-from mamlrun.cli import CONF_DIR, build_run, expand_sweeps, prevalidate
+from mamlrun.assemble import build_run
+from mamlrun.cli import CONF_DIR, expand_sweeps, prevalidate
 from mamlrun.config import build, validate
 from mamlrun.errors import MamlrunError
 from mamlrun.rl import MetaRL

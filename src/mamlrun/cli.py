@@ -24,14 +24,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mamlrun import rundirs
+from mamlrun.assemble import build_run
 from mamlrun.config import build, select_device, torch_dtype, validate
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
 from mamlrun.logging import MetricLogger, check_wandb_online, provenance, rank, record_provenance
 
 if TYPE_CHECKING:
-    import torch
-
     from mamlrun.train import Schedule
 
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
@@ -298,39 +297,6 @@ def _figures(run_dir: Path, learner, sampler, cfg: DictConfig) -> dict[str, Path
             if image.stat().st_size == 0:
                 image.unlink()
         raise MamlrunError(f"cannot write the figures in {run_dir}: {write_failure(run_dir, exc)}") from None
-
-
-def build_run(cfg: DictConfig, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
-    """The task sampler and the meta-learner (with its network) that ``cfg`` describes (float32 by default)."""
-    import torch
-
-    dtype = dtype or torch.float32
-    sampler = build(cfg.dataset).to(device, dtype)
-    model = build(cfg.model, input_shape=tuple(sampler.input_shape), output_dim=sampler.output_dim)
-    if sampler.task_type == "rl":
-        from mamlrun.rl import MetaRL
-
-        algorithm = cfg.algorithm
-        learner = MetaRL(
-            model,
-            sampler,
-            inner_lr=algorithm.inner_lr,
-            inner_steps=0 if algorithm.name == "pretrain" else algorithm.inner_steps,
-            test_inner_steps=algorithm.test_inner_steps,
-            shots=cfg.shots,
-            query_shots=cfg.query_shots,
-            first_order=algorithm.get("first_order", False),
-            later_inner_lr=OmegaConf.select(cfg, "rl.later_inner_lr"),
-        )
-    else:
-        learner = build(
-            cfg.algorithm,
-            model=model,
-            task_type=sampler.task_type,
-            chunk_size=cfg.hardware.get("chunk_size"),
-            strategy=cfg.hardware.strategy,
-        )
-    return sampler, learner.to(device=device, dtype=dtype)
 
 
 def _evaluate_checkpoint(

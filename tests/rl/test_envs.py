@@ -90,7 +90,7 @@ def test_navigation_batched_rollout_equals_single_env_stepping(normalized):
 @pytest.mark.parametrize("make", [lambda: half_cheetah("direction"), lambda: ant("velocity")], ids=["cheetah", "ant"])
 def test_locomotion_reward_is_the_task_reward(make):
     tasks = make()
-    env = tasks.make_env(goal=-1.0 if tasks.objective == "direction" else 1.3)
+    env = tasks.make_env(goal=-1.0 if tasks.reward == "direction" else 1.3)
     env.reset(seed=3)
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -98,7 +98,7 @@ def test_locomotion_reward_is_the_task_reward(make):
         _, reward, _, _, info = env.step(action)
         clipped = np.clip(action, -1, 1)
         speed = info["x_velocity"]
-        forward = -speed if tasks.objective == "direction" else -abs(speed - 1.3)
+        forward = -speed if tasks.reward == "direction" else -abs(speed - 1.3)
         expected = forward - env.ctrl_cost * np.square(clipped).sum() + env.survive_reward
         expected += info.get("reward_contact", 0.0) if env.contact_cost else 0.0
         assert reward == pytest.approx(expected)

@@ -6,6 +6,7 @@ import torch
 
 from mamlrun.data.tasks import TaskBatch
 from mamlrun.errors import MamlrunError
+from mamlrun.objectives import Classification
 
 SPLITS = ("train", "val", "test")
 
@@ -26,6 +27,7 @@ class ImageTasks:
     """
 
     task_type = "classification"
+    objective = Classification()
 
     def __init__(
         self,

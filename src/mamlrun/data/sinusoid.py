@@ -8,6 +8,7 @@ import torch
 
 from mamlrun.data.tasks import TaskBatch
 from mamlrun.errors import MamlrunError
+from mamlrun.objectives import Regression
 
 
 class SinusoidTasks:
@@ -26,6 +27,7 @@ class SinusoidTasks:
     """
 
     task_type = "regression"
+    objective = Regression()
     input_shape = (1,)
     output_dim = 1
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mamlrun.errors import MamlrunError
+from mamlrun.objectives import Return
 from mamlrun.rl.episodes import Episodes
 
 Actor = Callable[[torch.Tensor], torch.Tensor]
@@ -38,6 +39,7 @@ class EnvTasks:
     """What every task distribution shares: sampling goals, device and dtype, the trainer's protocol."""
 
     task_type = "rl"
+    objective = Return()
     name = "env"
     horizon = 100
     goal_low: tuple[float, ...] = (0.0,)
@@ -203,8 +205,8 @@ def _stack(obs, actions, rewards, masks, horizon: int) -> Episodes:
 class LocomotionTask(gym.Wrapper):
     """A locomotion task as a reward over a gymnasium MuJoCo (v5) environment.
 
-    ``objective="direction"``: reward ``goal * x_velocity`` with ``goal`` = +1 (forward) or -1 (backward);
-    ``objective="velocity"``: reward ``-|x_velocity - goal|``. Both subtract ``ctrl_cost * |a|^2``
+    ``reward="direction"``: reward ``goal * x_velocity`` with ``goal`` = +1 (forward) or -1 (backward);
+    ``reward="velocity"``: reward ``-|x_velocity - goal|``. Both subtract ``ctrl_cost * |a|^2``
     (of the action clipped to the action space), add ``survive_reward`` per step and, when
     ``contact_cost``, the environment's own contact cost (the ant's).
 
@@ -216,23 +218,23 @@ class LocomotionTask(gym.Wrapper):
     def __init__(
         self,
         env: gym.Env,
-        objective: str,
+        reward: str,
         goal: float = 1.0,
         ctrl_cost: float = 0.05,
         contact_cost: bool = False,
         survive_reward: float = 0.0,
     ) -> None:
         super().__init__(env)
-        if objective not in ("direction", "velocity"):
-            raise MamlrunError(f"locomotion objective must be direction or velocity, got {objective!r}")
-        self.objective, self.goal = objective, float(goal)
+        if reward not in ("direction", "velocity"):
+            raise MamlrunError(f"locomotion reward must be direction or velocity, got {reward!r}")
+        self.reward, self.goal = reward, float(goal)
         self.ctrl_cost, self.contact_cost, self.survive_reward = ctrl_cost, contact_cost, survive_reward
 
     def step(self, action):
         action = np.clip(action, self.action_space.low, self.action_space.high)
         obs, _, terminated, truncated, info = self.env.step(action)
         speed = info["x_velocity"]
-        forward = self.goal * speed if self.objective == "direction" else -abs(speed - self.goal)
+        forward = self.goal * speed if self.reward == "direction" else -abs(speed - self.goal)
         reward = forward - self.ctrl_cost * float(np.square(action).sum()) + self.survive_reward
         if self.contact_cost:
             reward += info.get("reward_contact", 0.0)
@@ -251,7 +253,7 @@ class Locomotion(EnvTasks):
         self,
         name: str,
         env_id: str,
-        objective: str,
+        reward: str,
         goal_range: tuple[float, float] = (0.0, 2.0),
         horizon: int = 200,
         ctrl_cost: float = 0.05,
@@ -260,10 +262,10 @@ class Locomotion(EnvTasks):
         discount: float = 0.99,
     ) -> None:
         super().__init__(discount)
-        self.name, self.env_id, self.objective, self.horizon = name, env_id, objective, int(horizon)
+        self.name, self.env_id, self.reward, self.horizon = name, env_id, reward, int(horizon)
         self.goal_low, self.goal_high = (float(goal_range[0]),), (float(goal_range[1]),)
         self.task_kwargs = dict(
-            objective=objective, ctrl_cost=ctrl_cost, contact_cost=contact_cost, survive_reward=survive_reward
+            reward=reward, ctrl_cost=ctrl_cost, contact_cost=contact_cost, survive_reward=survive_reward
         )
         self.pool: list[LocomotionTask] = []
         probe = self.make_env(bare=True)
@@ -284,7 +286,7 @@ class Locomotion(EnvTasks):
 
     def sample_goals(self, num_tasks: int, generator: torch.Generator) -> torch.Tensor:
         goals = super().sample_goals(num_tasks, generator)
-        if self.objective == "direction":
+        if self.reward == "direction":
             return torch.where(goals < 0.5 * (self.goal_low[0] + self.goal_high[0]), -1.0, 1.0).to(goals.dtype)
         return goals
 
@@ -320,19 +322,19 @@ class Locomotion(EnvTasks):
         return _stack(obs, actions, rewards, masks, self.horizon)
 
 
-def half_cheetah(objective: str, goal_range=(0.0, 2.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
+def half_cheetah(reward: str, goal_range=(0.0, 2.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
     """Half-cheetah forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``)."""
     return Locomotion(
-        f"halfcheetah_{objective[:3]}", "HalfCheetah-v5", objective, goal_range, horizon, 0.05, discount=discount
+        f"halfcheetah_{reward[:3]}", "HalfCheetah-v5", reward, goal_range, horizon, 0.05, discount=discount
     )
 
 
-def ant(objective: str, goal_range=(0.0, 3.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
+def ant(reward: str, goal_range=(0.0, 3.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
     """Ant forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``)."""
     return Locomotion(
-        f"ant_{objective[:3]}",
+        f"ant_{reward[:3]}",
         "Ant-v5",
-        objective,
+        reward,
         goal_range,
         horizon,
         0.005,
