@@ -39,6 +39,11 @@ def import_learn2learn():
 class _Learn2LearnGradient:
     """Mixin: ``task_gradient`` by learn2learn, one task at a time, as learn2learn's examples do."""
 
+    @classmethod
+    def check_environment(cls) -> None:
+        """Raise :class:`MamlrunError` (before any run starts) when learn2learn cannot be imported."""
+        import_learn2learn()
+
     def _wrapper(self):
         raise NotImplementedError
 
