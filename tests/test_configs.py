@@ -8,11 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mamlrun.algorithms import MetaLearner
 from mamlrun.assemble import build_run
 from mamlrun.cli import CONF_DIR, expand_sweeps, prevalidate
 from mamlrun.config import build, validate
 from mamlrun.errors import MamlrunError
+from mamlrun.learner import MetaLearner
 from mamlrun.rl import MetaRL
 from tests.conftest import ROOT, compose_config
 from tests.data.conftest import OMNIGLOT, tiny_miniimagenet
@@ -139,7 +139,7 @@ def test_shared_knobs_reach_the_groups():
     assert cfg.algorithm.inner_steps == 3 and cfg.algorithm.inner_lr == 0.2 and cfg.dataset.shots == 7
     assert cfg.algorithm.test_inner_steps == 3  # Meta-SGD evaluates with its trained number of steps
     _, _, learner = instantiate_all(cfg)
-    assert learner.inner_steps == 3 and learner.inner_lr == 0.2
+    assert learner.algorithm.inner_steps == 3 and learner.algorithm.inner_lr == 0.2
 
 
 def test_fomaml_is_maml_with_first_order():
@@ -160,7 +160,7 @@ def test_conf_dir_is_shipped_inside_the_package():
         (["experiment=rl_navigation2d", "algorithm=reptile"], "algorithm=reptile has no RL form"),
         (["experiment=rl_navigation2d", "optimizer=adam"], "needs optimizer=trpo"),
         (["experiment=rl_navigation2d", "model=mlp"], "needs model=gaussian_mlp"),
-        (["experiment=rl_navigation2d", "algorithm.backend=learn2learn"], "func backend only"),
+        (["experiment=rl_navigation2d", "algorithm=metasgd"], "algorithm=metasgd has no RL form"),
         (["optimizer=trpo"], "optimizer=trpo is for RL datasets"),
         (["model=gaussian_mlp"], "model=gaussian_mlp is for RL datasets"),
     ],
@@ -177,4 +177,5 @@ def test_rl_algorithms_map_to_the_paper_comparisons(algorithm):
     assert learner.inner_steps == (0 if algorithm == "pretrain" else 1)
     assert learner.first_order == (algorithm == "fomaml")
     assert (learner.inner_lr, learner.later_inner_lr, learner.test_inner_steps) == (0.1, 0.05, 3)
+    assert learner.algorithm.meta_train == (algorithm != "random")
     assert cfg.algorithm.get("meta_train", True) == (algorithm != "random")

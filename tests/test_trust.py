@@ -26,6 +26,7 @@ from mamlrun.data.cache import cached
 from mamlrun.data.miniimagenet import MiniImagenet
 from mamlrun.errors import MamlrunError
 from mamlrun.logging import MetricLogger
+from mamlrun.objectives import Regression
 from mamlrun.train import RESUME_KEYS, Schedule, Trainer, read_checkpoint
 from tests import crafted
 from tests.conftest import MAMLRUN, TINY, read_metrics, run_mamlrun
@@ -165,14 +166,20 @@ def test_damaged_cache_is_rebuilt_and_says_so(tmp_path, capsys):
 class Diverging(nn.Module):
     """A stand-in learner whose loss (or, with ``nan_weights``, whose parameters) turn NaN at one iteration."""
 
-    task_type = "regression"
+    objective = Regression()
 
     def __init__(self, bad_at: int, nan_weights: bool = False) -> None:
         super().__init__()
         self.w = nn.Parameter(torch.zeros(3))
         self.bad_at, self.nan_weights, self.calls = bad_at, nan_weights, 0
 
-    def update(self, batch, optimizer) -> dict[str, torch.Tensor]:
+    def start_iteration(self, iteration: int) -> None:
+        pass
+
+    def step_args(self) -> tuple:
+        return ()
+
+    def meta_gradient(self, batch) -> dict[str, torch.Tensor]:
         self.calls += 1
         bad = self.calls >= self.bad_at
         if bad and self.nan_weights:

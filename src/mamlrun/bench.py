@@ -40,8 +40,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mamlrun.algorithms import MAML
 from mamlrun.data.tasks import TaskBatch
+from mamlrun.learner import MetaLearner
 from mamlrun.models import MLP, Conv4
 from mamlrun.models.layers import BatchNorm
+from mamlrun.objectives import Classification, Objective, Regression
 from mamlrun.paths import small_omniglot
 
 
@@ -52,7 +54,7 @@ class Case:
     name: str
     model: Callable[[], nn.Module]
     batch: Callable[[torch.device], TaskBatch]
-    task_type: str
+    objective: Objective
     inner_lr: float
     inner_steps: int
 
@@ -78,7 +80,7 @@ CASES = {
         "sinusoid (MLP 40-40, meta-batch 25, K=5, 1 step)",
         lambda: MLP((1,), 1),
         _sinusoid_batch,
-        "regression",
+        Regression(),
         0.01,
         1,
     ),
@@ -86,7 +88,7 @@ CASES = {
         "omniglot 5w1s (conv4-64, meta-batch 32, 1+1 per class, 1 step)",
         lambda: Conv4((1, 28, 28), 5),
         lambda d: _image_batch(d, 32, 5, 1, 1),
-        "classification",
+        Classification(),
         0.4,
         1,
     ),
@@ -94,7 +96,7 @@ CASES = {
         "omniglot 5w1s, 15 query per class",
         lambda: Conv4((1, 28, 28), 5),
         lambda d: _image_batch(d, 32, 5, 1, 15),
-        "classification",
+        Classification(),
         0.4,
         1,
     ),
@@ -102,7 +104,7 @@ CASES = {
         "omniglot no-conv 5w1s (MLP 256-128-64-64 + BN, meta-batch 32, 1+1 per class, 1 step)",
         lambda: MLP((1, 28, 28), 5, hidden=(256, 128, 64, 64), batch_norm=True),
         lambda d: _image_batch(d, 32, 5, 1, 1),
-        "classification",
+        Classification(),
         0.4,
         1,
     ),
@@ -110,7 +112,7 @@ CASES = {
         "omniglot 20w1s (conv4-64, meta-batch 16, 1+1 per class, 5 steps)",
         lambda: Conv4((1, 28, 28), 20),
         lambda d: _image_batch(d, 16, 20, 1, 1),
-        "classification",
+        Classification(),
         0.1,
         5,
     ),
@@ -143,7 +145,7 @@ def _plain(model: nn.Module, step, learner=None) -> Impl:
 
 def engine(strategy: str):
     def make(model: nn.Module, case: Case) -> Impl:
-        learner = MAML(model, case.task_type, case.inner_lr, case.inner_steps, case.inner_steps, strategy=strategy)
+        learner = MetaLearner(model, MAML(case.inner_lr, case.inner_steps, case.inner_steps), case, strategy=strategy)
         return _plain(model, learner.meta_gradient, learner)
 
     return make
@@ -152,7 +154,7 @@ def engine(strategy: str):
 def per_task_loop(model: nn.Module, case: Case) -> Impl:
     """The textbook implementation: one task at a time, ``autograd.grad(create_graph=True)``."""
     names = [n for n, _ in model.named_parameters()]
-    lossf = F.cross_entropy if case.task_type == "classification" else F.mse_loss
+    lossf = case.objective.loss
 
     def step(batch: TaskBatch):
         theta = list(model.parameters())
@@ -226,7 +228,7 @@ def learn2learn_maml(model: nn.Module, case: Case) -> Impl:
 
     net, order = learn2learn_network(model, case)
     wrapper = import_learn2learn().algorithms.MAML(net, lr=case.inner_lr)
-    lossf = F.cross_entropy if case.task_type == "classification" else F.mse_loss
+    lossf = case.objective.loss
 
     def step(batch: TaskBatch):
         for t in range(batch.num_tasks):
@@ -247,7 +249,7 @@ def higher_maml(model: nn.Module, case: Case) -> Impl:
     import higher
 
     inner = torch.optim.SGD(model.parameters(), lr=case.inner_lr)
-    lossf = F.cross_entropy if case.task_type == "classification" else F.mse_loss
+    lossf = case.objective.loss
 
     def step(batch: TaskBatch):
         for t in range(batch.num_tasks):
@@ -443,7 +445,7 @@ def end_to_end(root: Path, iterations: int, device: torch.device) -> list[dict]:
     split = [1100, 100, 423] if len(find_characters(root)[0]) >= 1623 else [0.6, 0.2, 0.2]
     sampler = Omniglot(root, ways=5, shots=1, query_shots=1, split=split).to(device)
     torch.manual_seed(0)
-    learner = MAML(Conv4((1, 28, 28), 5), "classification", 0.4, 1, 3).to(device)
+    learner = MetaLearner(Conv4((1, 28, 28), 5), MAML(0.4, 1, 3), sampler).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), 1e-3)
     gen = torch.Generator(device=device).manual_seed(0)
 

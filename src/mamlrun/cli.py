@@ -24,8 +24,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mamlrun import rundirs
-from mamlrun.assemble import build_run
-from mamlrun.config import build, select_device, torch_dtype, validate
+from mamlrun.assemble import build_optimizer, build_run
+from mamlrun.config import select_device, torch_dtype, validate
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
 from mamlrun.logging import MetricLogger, check_wandb_online, provenance, rank, record_provenance
@@ -252,8 +252,10 @@ def execute(cfg: DictConfig) -> float:
     if cfg.mode == "eval":
         return _evaluate_checkpoint(cfg, learner, sampler, schedule, run_dir, started, origin)
 
-    optimizer = build(cfg.optimizer, params=learner.parameters())
-    trainer = Trainer(learner, sampler, optimizer, schedule, run_dir, config, progress=cfg.train.progress)
+    optimizer, lr_schedule = build_optimizer(cfg, learner)
+    trainer = Trainer(
+        learner, sampler, optimizer, schedule, run_dir, config, progress=cfg.train.progress, lr_schedule=lr_schedule
+    )
     resumed = bool(cfg.resume) and trainer.restore()
     strategy = getattr(learner, "strategy_name", None)  # after restore: a checkpoint's choice wins
     if strategy and rank() == 0:

@@ -55,9 +55,7 @@ MODES = ("train", "eval")
 DTYPES = ("float32", "float64")
 BACKENDS = ("func", "learn2learn")
 # Keys of a group file that describe it (for run names, backend choice) rather than being constructor arguments.
-META_KEYS = ("name", "tag", "backend", "kind", "meta_train")
-# Groups options that belong to reinforcement learning (datasets say so with ``kind: rl``).
-RL_ONLY = {"model": "gaussian_mlp", "optimizer": "trpo"}
+META_KEYS = ("name", "tag", "backend", "kind")
 
 
 def _check_number(key: str, value: Any, kind: type, minimum: float | None, strict: bool) -> None:
@@ -91,7 +89,6 @@ def validate(cfg: DictConfig) -> None:
         raise MamlrunError(f"hardware.dtype must be one of {', '.join(DTYPES)}, got {cfg.hardware.dtype!r}")
     if cfg.logger.get("name") == "wandb" and cfg.logger.get("mode") not in WANDB_MODES:
         raise MamlrunError(f"logger.mode must be one of {', '.join(WANDB_MODES)}, got {cfg.logger.get('mode')!r}")
-    _check_task_kind(cfg)
     backend = cfg.algorithm.get("backend", "func")
     if backend not in BACKENDS:
         raise MamlrunError(f"algorithm.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -109,6 +106,7 @@ def validate(cfg: DictConfig) -> None:
         )
     select_device(cfg.hardware.device)
     # Last: this imports the classes (and with them torch), which the checks above never need.
+    _check_task_kind(cfg)
     for group in TYPED_GROUPS:
         if cfg[group].get("backend", "func") == "func":
             check_settings(group, cfg[group])
@@ -190,24 +188,8 @@ def _plural(hint: Any) -> str:
 
 
 def _check_task_kind(cfg: DictConfig) -> None:
-    """RL datasets need a policy, TRPO and an algorithm with an RL form; the others need neither."""
-    if cfg.dataset.get("kind") != "rl":
-        for group, option in RL_ONLY.items():
-            if cfg[group].get("name") == option:
-                raise MamlrunError(f"{group}={option} is for RL datasets (dataset=navigation2d, halfcheetah_dir, ...)")
-        return
-    from mamlrun.rl.learner import RL_ALGORITHMS
-
-    dataset = cfg.dataset.name
-    if cfg.algorithm.name not in RL_ALGORITHMS:
-        raise MamlrunError(
-            f"algorithm={cfg.algorithm.name} has no RL form (dataset={dataset} takes one of {', '.join(RL_ALGORITHMS)})"
-        )
-    if cfg.algorithm.get("backend", "func") != "func":
-        raise MamlrunError(f"dataset={dataset} runs on the func backend only (algorithm.backend=func)")
-    for group, option in RL_ONLY.items():
-        if cfg[group].get("name") != option:
-            raise MamlrunError(f"dataset={dataset} needs {group}={option}, got {group}={cfg[group].get('name')}")
+    """The learner the dataset's recipe chose accepts the network, the optimizer and the algorithm (its classes say)."""
+    get_class(cfg.learner._target_).check_components(cfg)
 
 
 def select_device(name: str) -> torch.device:

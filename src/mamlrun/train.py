@@ -1,7 +1,10 @@
 """The meta-train / validate / test loop, checkpoints and metrics.
 
-The loop knows a :class:`~mamlrun.algorithms.MetaLearner`, a task sampler, an optimizer and a
-logger; nothing here names an algorithm or a dataset.
+The loop knows a learner (:class:`~mamlrun.learner.MetaLearner` or :class:`~mamlrun.rl.MetaRL`),
+a task sampler, an optimizer with its learning-rate schedule, and a logger; nothing here names an
+algorithm or a dataset. The trainer owns the optimizer step: every iteration it tells the learner
+the iteration (``start_iteration``, which algorithms such as MAML++ anneal by), has it write the
+meta-gradient, steps the optimizer and the schedule.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mamlrun.algorithms.base import MetaLearner
 from mamlrun.data.tasks import TaskSampler
 from mamlrun.errors import MamlrunError
 from mamlrun.files import save_torch
@@ -56,7 +58,7 @@ def ci95(values: torch.Tensor) -> float:
 
 
 def evaluate(
-    learner: MetaLearner,
+    learner,
     sampler: TaskSampler,
     split: str,
     num_tasks: int,
@@ -77,9 +79,8 @@ def evaluate(
         batch = sampler.sample(min(batch_size, num_tasks - start), split, gen)
         for name, values in learner.evaluate(batch, steps).items():
             parts.setdefault(name, []).append(values.double().cpu())
-    results = {k: torch.cat(v, dim=1) for k, v in parts.items()}
-    if learner.task_type == "regression":
-        results = {"mse": results["loss"]}
+    renamed = learner.objective.eval_names
+    results = {renamed.get(k, k): torch.cat(v, dim=1) for k, v in parts.items()}
     metrics: dict[str, float] = {}
     for name, per_step in results.items():
         for k, values in enumerate(per_step):
@@ -90,13 +91,9 @@ def evaluate(
     return metrics
 
 
-def objective_key(learner: MetaLearner, split: str) -> tuple[str, bool]:
+def objective_key(learner, split: str) -> tuple[str, bool]:
     """The metric that selects the best checkpoint and that sweepers optimise, and whether higher is better."""
-    if learner.task_type == "classification":
-        return f"{split}/acc_mean", True
-    if learner.task_type == "rl":
-        return f"{split}/return_mean", True
-    return f"{split}/mse_mean", False
+    return f"{split}/{learner.objective.metric}_mean", learner.objective.higher_is_better
 
 
 class Trainer:
@@ -109,15 +106,17 @@ class Trainer:
 
     def __init__(
         self,
-        learner: MetaLearner,
+        learner,
         sampler: TaskSampler,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
         run_dir: str | Path,
         config: dict | None = None,
         progress: bool = True,
+        lr_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
         self.learner, self.sampler, self.optimizer, self.schedule = learner, sampler, optimizer, schedule
+        self.lr_schedule = lr_schedule
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.config = config or {}
@@ -138,6 +137,7 @@ class Trainer:
             "iteration": self.iteration,
             "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule is not None else {},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "best": dict(self.best),
@@ -173,6 +173,8 @@ class Trainer:
         try:
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.lr_schedule is not None:
+                self.lr_schedule.load_state_dict(state["lr_schedule"])
             self.generator.set_state(state["generator"])
             torch.set_rng_state(state["torch_rng"])
             self.iteration, self.best = int(state["iteration"]), dict(state["best"])
@@ -216,7 +218,7 @@ class Trainer:
         started, start_iteration = time.perf_counter(), self.iteration
         while self.iteration < s.meta_iterations:
             batch = self.sampler.sample(s.meta_batch_size, "train", self.generator)
-            window.append(self.learner.update(batch, self.optimizer))
+            window.append(self.step(batch))
             self.iteration += 1
             self.track_finite(window[-1])
             bar.update(1)
@@ -240,6 +242,18 @@ class Trainer:
             if due["ckpt"] or self.iteration == s.meta_iterations:
                 self.save()
         bar.close()
+
+    def step(self, batch) -> dict[str, torch.Tensor]:
+        """One meta-iteration: the learner's meta-gradient, the optimizer's step, the schedule's step."""
+        self.learner.start_iteration(self.iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.learner.meta_gradient(batch)
+        update = self.optimizer.step(*self.learner.step_args())
+        if isinstance(update, Mapping):  # an optimizer that reports its step (TRPO)
+            stats = {**stats, **{k: torch.tensor(float(v)) for k, v in update.items()}}
+        if self.lr_schedule is not None:
+            self.lr_schedule.step()
+        return stats
 
     def validate(self, logger: MetricLogger) -> dict[str, float]:
         s = self.schedule
@@ -265,7 +279,18 @@ class Trainer:
 
 # Keys a resumed run may change: how it logs, checkpoints and computes, and where its data lies,
 # not what it trains (every strategy computes the same meta-gradient).
-RESUMABLE_CHANGES = {"resume", "logger", "train", "hardware", "dataset.root", "dataset.cache_dir", "dataset.download"}
+RESUMABLE_CHANGES = {
+    "resume",
+    "logger",
+    "train",
+    "hardware",
+    "learner",
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.download",
+}
+# Keys added or removed since a checkpoint was written, and the value a config without them means.
+IMPLIED = {"schedule": {"_target_": None}, "algorithm.backend": "func", "debug": None}
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -274,7 +299,8 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     for key in sorted(set(old) | set(new)):
         if prefix + key in RESUMABLE_CHANGES:
             continue
-        a, b = old.get(key), new.get(key)
+        implied = IMPLIED.get(prefix + key)
+        a, b = old.get(key, implied), new.get(key, implied)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _config_diff(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -6,6 +6,8 @@ Python loop over tasks; they share no code with the engine except the network.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,13 @@ from torch.func import functional_call
 
 from mamlrun.algorithms import MAML, MetaSGD, Pretrain, Reptile
 from mamlrun.data.tasks import TaskBatch
+from mamlrun.learner import MetaLearner
 from mamlrun.models import MLP, Conv4
+from mamlrun.objectives import Classification, Regression
 
 STRATEGIES = ["vmap", "batched", "loop"]
 ALPHA = 0.01  # the sinusoid recipe's inner step size
+OBJECTIVES = {"regression": Regression(), "classification": Classification()}
 
 
 def regression_batch(tasks=4, shots=5, seed=0) -> TaskBatch:
@@ -53,8 +58,10 @@ def conv(seed=0) -> nn.Module:
     return Conv4((1, 12, 12), 3, filters=4).double()
 
 
-def make(cls, model, task_type="regression", steps=1, first_order=False, strategy="vmap", **kw):
-    return cls(model, task_type, ALPHA, steps, steps, first_order=first_order, strategy=strategy, **kw)
+def make(cls, model, task_type="regression", steps=1, first_order=False, strategy="vmap", chunk_size=None, **kw):
+    algorithm = cls(ALPHA, steps, steps, first_order=first_order, **kw)
+    tasks = SimpleNamespace(objective=OBJECTIVES[task_type])
+    return MetaLearner(model, algorithm, tasks, strategy=strategy, chunk_size=chunk_size)
 
 
 def flat_grad(learner) -> torch.Tensor:
@@ -157,9 +164,9 @@ def test_metasgd_equals_reference_and_trains_its_step_sizes(strategy):
     learner = make(MetaSGD, model, steps=2, strategy=strategy)
     # Make the learned step sizes differ per coordinate so that the test sees them used.
     with torch.no_grad():
-        for p in learner.step_sizes.values():
+        for p in learner.algorithm.step_sizes.values():
             p.uniform_(0.02, 0.2)
-    lrs = [learner.step_sizes[n.replace(".", "__")] for n, _ in model.named_parameters()]
+    lrs = [learner.algorithm.step_sizes[n.replace(".", "__")] for n, _ in model.named_parameters()]
     ref = reference_meta_grad(model, batch, 2, False, lrs=lrs)
     learner.zero_grad()
     learner.meta_gradient(batch)
@@ -240,7 +247,7 @@ def test_chunked_meta_batch_gives_the_same_gradient(cls):
 def test_auto_strategy_is_a_fixed_rule_of_model_and_device(monkeypatch):
     import time
 
-    from mamlrun.algorithms.base import auto_strategy
+    from mamlrun.learner import auto_strategy
 
     def no_clock():
         raise AssertionError("auto must not time anything")
@@ -302,7 +309,7 @@ def test_cpu_batched_strategy_chunks_by_a_fixed_rule_of_shapes():
 
 @pytest.mark.parametrize("first_order", [False, True], ids=["maml", "fomaml"])
 def test_cache_sized_chunks_give_the_reference_meta_gradient(monkeypatch, first_order):
-    import mamlrun.algorithms.base as base
+    import mamlrun.learner as base
 
     monkeypatch.setattr(base, "CHUNK_INPUT_ELEMENTS", 2 * 12 * 12 * 12)  # one task (12 images) per chunk
     model, batch = conv(), classification_batch()

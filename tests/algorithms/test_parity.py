@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import sys
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mamlrun.algorithms import MAML, MetaSGD
-from mamlrun.algorithms.metasgd import _key
+from mamlrun.algorithms.metasgd import key
 from mamlrun.errors import MamlrunError
-from tests.algorithms.test_gradients import ALPHA, classification_batch, conv, mlp, regression_batch
+from mamlrun.learner import MetaLearner
+from tests.algorithms.test_gradients import ALPHA, OBJECTIVES, classification_batch, conv, mlp, regression_batch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -41,9 +43,14 @@ def l2l_meta_grad(wrapper, batch, steps, lossf, params):
     return torch.cat([p.grad.flatten() for p in params])
 
 
+def learner_of(cls, model, task_type, lr, steps, first_order=False, strategy="batched"):
+    tasks = SimpleNamespace(objective=OBJECTIVES[task_type])
+    return MetaLearner(model, cls(lr, steps, steps, first_order=first_order), tasks, strategy=strategy)
+
+
 def ours(cls, model, case, steps, first_order, strategy):
     _, batch_fn, task_type, _, lr = CASES[case]
-    learner = cls(model, task_type, lr, steps, steps, first_order=first_order, strategy=strategy)
+    learner = learner_of(cls, model, task_type, lr, steps, first_order, strategy)
     learner.zero_grad()
     learner.meta_gradient(batch_fn())
     return learner
@@ -74,14 +81,14 @@ def test_maml_matches_learn2learn(case, steps, first_order, strategy):
 def test_metasgd_matches_learn2learn(case):
     make, batch_fn, _, lossf, lr = CASES[case]
     model = make()
-    learner = MetaSGD(model, CASES[case][2], lr, 2, 2, strategy="batched")
+    learner = learner_of(MetaSGD, model, CASES[case][2], lr, 2)
     with torch.no_grad():
-        for p in learner.step_sizes.values():
+        for p in learner.algorithm.step_sizes.values():
             p.uniform_(0.5 * lr, 1.5 * lr)
     learner.zero_grad()
     learner.meta_gradient(batch_fn())
     names = [n for n, _ in model.named_parameters()]
-    lrs = [learner.step_sizes[_key(n)] for n in names]
+    lrs = [learner.algorithm.step_sizes[key(n)] for n in names]
     mine = torch.cat([p.grad.flatten() for p in [*model.parameters(), *lrs]])
     wrapper = l2l.algorithms.MetaSGD(model, lr=lr)
     with torch.no_grad():
@@ -117,7 +124,7 @@ def test_the_learn2learn_backend_trains_with_the_same_gradients(cls_name):
     reference_cls = MAML if cls_name == "Learn2LearnMAML" else MetaSGD
     grads = []
     for cls in (reference_cls, getattr(backend, cls_name)):
-        learner = cls(conv(), "classification", 0.4, 2, 2, strategy="batched")
+        learner = learner_of(cls, conv(), "classification", 0.4, 2)
         learner.zero_grad()
         stats = learner.meta_gradient(classification_batch())
         grads.append(torch.cat([p.grad.flatten() for p in learner.parameters()]))

@@ -6,6 +6,7 @@ import torch
 
 from mamlrun.algorithms import MAML
 from mamlrun.data.omniglot import Omniglot
+from mamlrun.learner import MetaLearner
 from mamlrun.logging import MetricLogger
 from mamlrun.models import Conv4
 from mamlrun.train import Schedule, Trainer, evaluate
@@ -14,7 +15,7 @@ from mamlrun.train import Schedule, Trainer, evaluate
 def test_short_maml_run_beats_chance_and_the_untrained_model(omniglot_small, tmp_path):
     torch.manual_seed(0)
     sampler = Omniglot(omniglot_small, ways=5, shots=1, query_shots=1, eval_query_shots=5, split=[0.6, 0.2, 0.2])
-    learner = MAML(Conv4((1, 28, 28), 5), "classification", 0.4, 1, 3, strategy="batched")
+    learner = MetaLearner(Conv4((1, 28, 28), 5), MAML(0.4, 1, 3), sampler, strategy="batched")
     before = evaluate(learner, sampler, "test", 200, seed=7)
     schedule = Schedule(meta_iterations=150, meta_batch_size=8, log_every=50, test_tasks=200)
     trainer = Trainer(

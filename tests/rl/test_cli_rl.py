@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mamlrun.algorithms import MAML
 from mamlrun.logging import MetricLogger
 from mamlrun.rl import TRPO, GaussianMLP, MetaRL, Navigation2D
 from mamlrun.train import Schedule, Trainer
@@ -49,7 +50,7 @@ def test_navigation_resume_continues_exactly(tmp_path):
     def trainer(run_dir, iterations):
         torch.manual_seed(0)
         tasks = Navigation2D(horizon=20)
-        learner = MetaRL(GaussianMLP((2,), 2), tasks, 0.1, 1, 1, shots=3, query_shots=3)
+        learner = MetaRL(GaussianMLP((2,), 2), MAML(0.1, 1, 1), tasks, shots=3, query_shots=3)
         schedule = Schedule(meta_iterations=iterations, meta_batch_size=3, checkpoint_every=1)
         return Trainer(learner, tasks, TRPO(learner.parameters()), schedule, run_dir, progress=False)
 

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from mamlrun.algorithms import MAML
 from mamlrun.rl import GaussianMLP, MetaRL, Navigation2D
 from mamlrun.rl.episodes import Episodes, advantages, discounted_returns, linear_baseline
 
@@ -34,7 +35,7 @@ def make_learner() -> MetaRL:
     with torch.no_grad():
         policy.layers[0].weight.fill_(0.1)
         policy.layers[0].bias.fill_(0.0)
-    return MetaRL(policy, Navigation2D(), inner_lr=0.1, inner_steps=1, test_inner_steps=1, shots=1, query_shots=1)
+    return MetaRL(policy, MAML(0.1, 1, 1), Navigation2D(), shots=1, query_shots=1)
 
 
 def test_policy_gradient_is_unbiased():

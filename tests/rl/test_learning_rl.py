@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mamlrun.algorithms import MAML
 from mamlrun.logging import MetricLogger
 from mamlrun.rl import TRPO, GaussianMLP, MetaRL, Navigation2D
 from mamlrun.train import Schedule, Trainer, evaluate
@@ -14,16 +15,7 @@ def navigation_returns(iterations: int, horizon: int, run_dir) -> dict[str, floa
     """Meta-train (10 tasks x 10 trajectories per iteration), then evaluate on 40 held-out goals."""
     torch.manual_seed(0)
     tasks = Navigation2D(horizon=horizon)
-    learner = MetaRL(
-        GaussianMLP((2,), 2),
-        tasks,
-        inner_lr=0.1,
-        inner_steps=1,
-        test_inner_steps=2,
-        shots=10,
-        query_shots=10,
-        later_inner_lr=0.05,
-    )
+    learner = MetaRL(GaussianMLP((2,), 2), MAML(0.1, 1, 2), tasks, shots=10, query_shots=10, later_inner_lr=0.05)
     schedule = Schedule(meta_iterations=iterations, meta_batch_size=10, log_every=5)
     trainer = Trainer(learner, tasks, TRPO(learner.parameters()), schedule, run_dir, progress=False)
     logger = MetricLogger(run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mamlrun.algorithms import MAML
 from mamlrun.rl import TRPO, GaussianMLP, MetaRL, Navigation2D
 from mamlrun.rl.policy import kl_divergence, log_prob
 from mamlrun.rl.trpo import conjugate_gradient
@@ -62,16 +63,7 @@ def tiny_learner(first_order: bool, inner_steps: int = 1) -> tuple[MetaRL, objec
     torch.manual_seed(0)
     tasks = Navigation2D(horizon=6, goal_tolerance=0.0).to("cpu", torch.float64)
     policy = GaussianMLP((2,), 2, hidden=(5,), init_std=0.3).double()
-    learner = MetaRL(
-        policy,
-        tasks,
-        inner_lr=0.5,
-        inner_steps=inner_steps,
-        test_inner_steps=1,
-        shots=3,
-        query_shots=3,
-        first_order=first_order,
-    )
+    learner = MetaRL(policy, MAML(0.5, inner_steps, 1, first_order=first_order), tasks, shots=3, query_shots=3)
     return learner, tasks.sample(2, "train", torch.Generator().manual_seed(1))
 
 

@@ -14,14 +14,18 @@ References:
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from mamlrun.algorithms.maml import MAML
-from mamlrun.algorithms.metasgd import MetaSGD, _key
-from mamlrun.data.tasks import TaskBatch
+from mamlrun.algorithms.metasgd import MetaSGD, key
 from mamlrun.errors import MamlrunError
+
+if TYPE_CHECKING:
+    from mamlrun.data.tasks import TaskBatch
+    from mamlrun.learner import MetaLearner
 
 INSTALL_HINT = "learn2learn is not installed: run `make install-l2l` (it builds learn2learn 0.2.0 for this Python)"
 
@@ -37,67 +41,52 @@ def import_learn2learn():
 
 
 class _Learn2LearnGradient:
-    """Mixin: ``task_gradient`` by learn2learn, one task at a time, as learn2learn's examples do."""
+    """Mixin: the meta-gradient by learn2learn, one task at a time, as learn2learn's examples do."""
+
+    strategy = "loop"  # evaluation, too, runs task by task
 
     @classmethod
     def check_environment(cls) -> None:
         """Raise :class:`MamlrunError` (before any run starts) when learn2learn cannot be imported."""
         import_learn2learn()
 
-    def _wrapper(self):
+    def wrap(self, model: nn.Module):
         raise NotImplementedError
 
-    def task_gradient(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        wrapper = self._wrapper()
-        lossf = F.cross_entropy if self.task_type == "classification" else F.mse_loss
-        losses, accs = [], []
+    def setup(self, model: nn.Module) -> None:
+        super().setup(model)
+        # Not registered as a submodule: it wraps the very same network (and step sizes), so
+        # checkpoints stay interchangeable with the torch.func engine's.
+        object.__setattr__(self, "_l2l", self.wrap(model))
+
+    def meta_gradient(self, learner: MetaLearner, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        objective = learner.objective
+        per_task = []
         for t in range(batch.num_tasks):
-            learner = wrapper.clone()
+            clone = self._l2l.clone()
             for _ in range(self.inner_steps):
-                learner.adapt(lossf(learner(batch.x_support[t]), batch.y_support[t]))
-            out = learner(batch.x_query[t])
-            loss = lossf(out, batch.y_query[t])
-            (loss / batch.num_tasks).backward()
-            losses.append(loss.detach())
-            if self.task_type == "classification":
-                accs.append((out.argmax(-1) == batch.y_query[t]).to(out.dtype).mean().detach())
-        stats = {"loss": torch.stack(losses).mean()}
-        if accs:
-            stats["acc"] = torch.stack(accs).mean()
-        return stats
+                clone.adapt(objective.loss(clone(batch.x_support[t]), batch.y_support[t]))
+            stats = objective.stats(clone(batch.x_query[t]), batch.y_query[t])
+            (stats[0] / batch.num_tasks).backward()
+            per_task.append(torch.stack([s.detach() for s in stats]))
+        return dict(zip(objective.stat_names, torch.stack(per_task).mean(0)))
 
 
 class Learn2LearnMAML(_Learn2LearnGradient, MAML):
     """MAML / first-order MAML through ``l2l.algorithms.MAML``."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.chosen_strategy = "loop"
-        l2l = import_learn2learn()
-        # Not registered as a submodule: it wraps the very same network, and checkpoints stay
-        # interchangeable with the func backend's.
-        object.__setattr__(
-            self, "_l2l", l2l.algorithms.MAML(self.model, lr=self.inner_lr, first_order=self.first_order)
-        )
-
-    def _wrapper(self):
-        return self._l2l
+    def wrap(self, model: nn.Module):
+        return import_learn2learn().algorithms.MAML(model, lr=self.inner_lr, first_order=self.first_order)
 
 
 class Learn2LearnMetaSGD(_Learn2LearnGradient, MetaSGD):
     """Meta-SGD through ``l2l.algorithms.MetaSGD``, sharing its step sizes with mamlrun's."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.chosen_strategy = "loop"
-        l2l = import_learn2learn()
-        wrapper = l2l.algorithms.MetaSGD(self.model, lr=self.inner_lr, first_order=self.first_order)
+    def wrap(self, model: nn.Module):
+        wrapper = import_learn2learn().algorithms.MetaSGD(model, lr=self.inner_lr, first_order=self.first_order)
         # learn2learn keeps one step-size tensor per parameter in parameter order; make them ours.
-        wrapper.lrs = torch.nn.ParameterList([self.step_sizes[_key(n)] for n, _ in self.model.named_parameters()])
-        object.__setattr__(self, "_l2l", wrapper)
-
-    def _wrapper(self):
-        return self._l2l
+        wrapper.lrs = nn.ParameterList([self.step_sizes[key(n)] for n, _ in model.named_parameters()])
+        return wrapper
 
 
 BACKENDS = {

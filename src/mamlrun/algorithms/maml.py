@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-
-from mamlrun.algorithms.base import MetaLearner
-from mamlrun.data.tasks import TaskBatch
+from mamlrun.algorithms.base import Algorithm
 
 
-class MAML(MetaLearner):
+class MAML(Algorithm):
     """Model-Agnostic Meta-Learning with exact meta-gradients through every inner step.
 
     Per task: ``inner_steps`` SGD updates on the support set give ``theta'``; the meta-loss is the
     query loss at ``theta'``, averaged over the meta-batch. The meta-gradient passes through the
     inner updates (Hessian-vector products, nested ``inner_steps`` deep) unless ``first_order``,
     in which case it is the query gradient evaluated at ``theta'`` (FOMAML; ``algorithm=fomaml``
-    is this class with ``first_order: true``).
+    is this class with ``first_order: true``). Every hook is :class:`Algorithm`'s default.
 
     References:
         Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
         Networks." ICML 2017, Algorithm 2 and section 5.2 (first-order approximation).
     """
-
-    def task_gradient(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        meta = self.meta_state()
-
-        def objective(chunk: TaskBatch) -> tuple[torch.Tensor, ...]:
-            adapted = self.adapt(meta, chunk.x_support, chunk.y_support, self.inner_steps, self.first_order)
-            return self.query_metrics(adapted, chunk.x_query, chunk.y_query)
-
-        return self.accumulate(objective, batch)

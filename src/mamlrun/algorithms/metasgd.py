@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mamlrun.algorithms.maml import MAML
+from mamlrun.algorithms.base import Algorithm
 
 
-class MetaSGD(MAML):
+class MetaSGD(Algorithm):
     """Inner update ``theta' = theta - alpha * grad L`` with ``alpha`` a learned tensor per parameter.
 
     ``alpha`` starts at ``inner_lr`` everywhere and is meta-learned jointly with ``theta`` by the
@@ -20,19 +20,17 @@ class MetaSGD(MAML):
         arXiv 1707.09835, 2017, equation (1).
     """
 
-    def __init__(self, model: nn.Module, task_type: str, inner_lr: float, *args, **kwargs) -> None:
-        super().__init__(model, task_type, inner_lr, *args, **kwargs)
+    rl_form = False  # per-coordinate rates: the meta-RL learner's KL Hessian assumes scalar ones
+
+    def setup(self, model: nn.Module) -> None:
         self.step_sizes = nn.ParameterDict(
-            {_key(n): nn.Parameter(torch.full_like(p, self.inner_lr)) for n, p in model.named_parameters()}
+            {key(n): nn.Parameter(torch.full_like(p, self.inner_lr)) for n, p in model.named_parameters()}
         )
 
-    def meta_state(self):
-        return {"params": dict(self.model.named_parameters()), "lrs": dict(self.step_sizes.items())}
-
-    def step_size(self, meta, name: str) -> torch.Tensor:
-        return meta["lrs"][_key(name)]
+    def step_size(self, step: int, name: str) -> torch.Tensor:
+        return self.step_sizes[key(name)]
 
 
-def _key(name: str) -> str:
-    # ParameterDict keys may not contain dots.
+def key(name: str) -> str:
+    """A parameter's name as a ``ParameterDict`` key (which may not contain dots)."""
     return name.replace(".", "__")

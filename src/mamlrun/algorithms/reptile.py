@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from mamlrun.algorithms.base import MetaLearner
-from mamlrun.data.tasks import TaskBatch
+from mamlrun.algorithms.base import Algorithm
+
+if TYPE_CHECKING:
+    from mamlrun.data.tasks import TaskBatch
+    from mamlrun.learner import MetaLearner
 
 
-class Reptile(MetaLearner):
+class Reptile(Algorithm):
     """Move the initialisation towards the parameters each task reaches after SGD.
 
     Per task, ``inner_steps`` SGD steps on all of the task's examples (support and query: Reptile
@@ -22,13 +27,15 @@ class Reptile(MetaLearner):
         2018, Algorithm 2 (batched version).
     """
 
-    def task_gradient(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        meta = self.detached_meta()
+    rl_form = False
+
+    def meta_gradient(self, learner: MetaLearner, batch: TaskBatch) -> dict[str, torch.Tensor]:
         x = torch.cat([batch.x_support, batch.x_query], dim=1)
         y = torch.cat([batch.y_support, batch.y_query], dim=1)
-        phi = self.adapt(meta, x, y, self.inner_steps, first_order=True)
-        for name, theta in self.model.named_parameters():
-            g = theta.detach() - phi[name].detach().mean(0)
-            theta.grad = g if theta.grad is None else theta.grad + g
-        stats = self.query_metrics({k: v.detach() for k, v in phi.items()}, x, y)
-        return {n: s.mean() for n, s in zip(self.stat_names, stats)}
+        with torch.no_grad():
+            phi = learner.adapt(x, y, self.inner_steps, first_order=True)[-1]
+            for name, theta in learner.model.named_parameters():
+                g = theta - phi[name].mean(0)
+                theta.grad = g if theta.grad is None else theta.grad + g
+            stats = learner.query_stats(phi, self.inner_steps, x, y)
+        return {n: s.mean() for n, s in zip(learner.stat_names, stats)}

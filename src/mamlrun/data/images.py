@@ -26,7 +26,6 @@ class ImageTasks:
     random keys and the images gathered in one indexing operation, then scaled to ``[0, 1]``.
     """
 
-    task_type = "classification"
     objective = Classification()
 
     def __init__(

@@ -26,7 +26,6 @@ class SinusoidTasks:
         x in [-5, 5], MSE loss).
     """
 
-    task_type = "regression"
     objective = Regression()
     input_shape = (1,)
     output_dim = 1

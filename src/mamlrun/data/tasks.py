@@ -7,6 +7,8 @@ from typing import Protocol
 
 import torch
 
+from mamlrun.objectives import Objective
+
 
 @dataclass(frozen=True)
 class TaskBatch:
@@ -47,11 +49,12 @@ class TaskBatch:
 class TaskSampler(Protocol):
     """Samples whole meta-batches of tasks as tensors on ``device``.
 
-    ``task_type`` is ``"regression"`` (MSE loss) or ``"classification"`` (cross-entropy, accuracy).
+    ``objective`` (:mod:`mamlrun.objectives`) is what tasks are scored by: the loss, the statistics
+    and the metric that selects the best checkpoint.
     """
 
     name: str
-    task_type: str
+    objective: Objective
     input_shape: tuple[int, ...]
     output_dim: int
 

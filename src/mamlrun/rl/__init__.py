@@ -1,12 +1,11 @@
 """Meta-reinforcement learning: environments, the Gaussian policy, MAML with TRPO."""
 
 from mamlrun.rl.envs import EnvTaskBatch, EnvTasks, Locomotion, Navigation2D, ant, half_cheetah
-from mamlrun.rl.learner import RL_ALGORITHMS, MetaRL
+from mamlrun.rl.learner import MetaRL
 from mamlrun.rl.policy import GaussianMLP
 from mamlrun.rl.trpo import TRPO
 
 __all__ = [
-    "RL_ALGORITHMS",
     "TRPO",
     "EnvTaskBatch",
     "EnvTasks",

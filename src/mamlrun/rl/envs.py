@@ -38,7 +38,6 @@ class EnvTaskBatch:
 class EnvTasks:
     """What every task distribution shares: sampling goals, device and dtype, the trainer's protocol."""
 
-    task_type = "rl"
     objective = Return()
     name = "env"
     horizon = 100

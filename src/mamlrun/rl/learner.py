@@ -13,11 +13,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mamlrun.algorithms.base import Algorithm
+from mamlrun.algorithms.inner import batched_gradients, inner_loop
 from mamlrun.errors import MamlrunError
 from mamlrun.rl.envs import EnvTaskBatch, EnvTasks
 from mamlrun.rl.episodes import Episodes, advantages
 from mamlrun.rl.policy import GaussianMLP, Params, kl_divergence, log_prob
-from mamlrun.rl.trpo import TRPO
 
 
 class MetaObjective(NamedTuple):
@@ -31,10 +32,6 @@ class MetaObjective(NamedTuple):
     query: tuple[Episodes, torch.Tensor, dict[str, torch.Tensor]]  # episodes, advantages, old policy
 
 
-# The algorithms that have a meta-RL form here, and how each one trains.
-RL_ALGORITHMS = ("maml", "fomaml", "pretrain", "random")
-
-
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over each task's valid steps: ``[T, N, H] -> [T]``."""
     return (values * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
@@ -44,51 +41,83 @@ class MetaRL(nn.Module):
     """MAML with a policy-gradient inner loop and a TRPO outer loop (paper Algorithm 3).
 
     Per task, ``shots`` trajectories sampled with the current policy give a REINFORCE gradient
-    (advantages from a linear feature baseline fitted to the task's returns); ``inner_steps`` such
-    steps of size ``inner_lr`` adapt the policy, sampling new trajectories before each. The adapted
-    policies then sample ``query_shots`` trajectories per task, and TRPO improves the importance-
-    weighted surrogate of their advantages, differentiated through the adaptation: exactly to second
-    order, or to first order with ``first_order`` (the inner gradients held constant). With
-    ``inner_steps=0`` this is TRPO on the task distribution itself (the paper's pretrained policy).
+    (advantages from a linear feature baseline fitted to the task's returns); the algorithm's
+    ``inner_steps`` such steps of size ``inner_lr`` adapt the policy, sampling new trajectories
+    before each. The adapted policies then sample ``query_shots`` trajectories per task, and TRPO
+    improves the importance-weighted surrogate of their advantages, differentiated through the
+    adaptation: exactly to second order, or to first order when the algorithm says so (the inner
+    gradients held constant). With the pretraining algorithm (no training inner steps) this is
+    TRPO on the task distribution itself (the paper's pretrained policy). Adaptation runs the
+    inner loop of every learner (:func:`~mamlrun.algorithms.inner.inner_loop`).
 
     Evaluation reports the average undiscounted return after 0, 1, ... steps; test-time steps after
     the first use ``later_inner_lr`` (the paper: 0.1, then 0.05).
 
     Args:
         model: a :class:`~mamlrun.rl.policy.GaussianMLP`.
+        algorithm: the algorithm's hooks; one with an RL form (``rl_form``: MAML, first-order
+            MAML, the pretraining and random baselines).
         tasks: the task distribution whose ``rollout`` samples trajectories.
-        inner_lr: step size alpha of the policy-gradient steps.
-        inner_steps: adaptation steps during meta-training.
-        test_inner_steps: adaptation steps at evaluation (returns are kept after every one).
         shots: trajectories per task for every adaptation step.
         query_shots: trajectories per task sampled with the adapted policies for the meta-update.
-        first_order: hold the inner gradients constant in the meta-gradient.
         later_inner_lr: step size of evaluation steps after the first (``None``: ``inner_lr``).
     """
 
-    task_type = "rl"
     progress_stat = "return_post"
 
     def __init__(
         self,
         model: GaussianMLP,
+        algorithm: Algorithm,
         tasks: EnvTasks,
-        inner_lr: float,
-        inner_steps: int,
-        test_inner_steps: int,
         shots: int,
         query_shots: int,
-        first_order: bool = False,
         later_inner_lr: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, GaussianMLP):
             raise MamlrunError(f"RL tasks need a policy (model=gaussian_mlp), not {type(model).__name__}")
-        self.policy, self.tasks = model, tasks
-        self.inner_lr, self.inner_steps = float(inner_lr), int(inner_steps)
-        self.test_inner_steps = int(test_inner_steps)
-        self.shots, self.query_shots, self.first_order = int(shots), int(query_shots), bool(first_order)
-        self.later_inner_lr = float(inner_lr if later_inner_lr is None else later_inner_lr)
+        if not algorithm.rl_form:
+            name = type(algorithm).__name__
+            raise MamlrunError(f"{name} has no meta-RL form here (use maml, fomaml, pretrain or random)")
+        self.policy, self.algorithm, self.tasks, self.objective = model, algorithm, tasks, tasks.objective
+        algorithm.setup(model)
+        self.shots, self.query_shots = int(shots), int(query_shots)
+        self.later_inner_lr = float(algorithm.inner_lr if later_inner_lr is None else later_inner_lr)
+        self._step: tuple = ()
+
+    @classmethod
+    def check_components(cls, cfg) -> None:
+        """Meta-RL needs a policy, TRPO and an algorithm with an RL form (classes, not names, decide)."""
+        from hydra.utils import get_class
+
+        from mamlrun.rl.trpo import TRPO
+
+        dataset = cfg.dataset.get("name")
+        if not getattr(get_class(cfg.algorithm._target_), "rl_form", False):
+            raise MamlrunError(
+                f"algorithm={cfg.algorithm.get('name')} has no RL form "
+                f"(dataset={dataset} takes one of maml, fomaml, pretrain, random)"
+            )
+        for group, base, option in (("model", GaussianMLP, "gaussian_mlp"), ("optimizer", TRPO, "trpo")):
+            if not issubclass(get_class(cfg[group]._target_), base):
+                raise MamlrunError(f"dataset={dataset} needs {group}={option}, got {group}={cfg[group].get('name')}")
+
+    @property
+    def inner_lr(self) -> float:
+        return self.algorithm.inner_lr
+
+    @property
+    def inner_steps(self) -> int:
+        return self.algorithm.train_inner_steps
+
+    @property
+    def test_inner_steps(self) -> int:
+        return self.algorithm.test_inner_steps
+
+    @property
+    def first_order(self) -> bool:
+        return self.algorithm.use_first_order()
 
     # -- pieces ---------------------------------------------------------------------------------
     def actor(self, params: Params, generator: torch.Generator):
@@ -122,18 +151,15 @@ class MetaRL(nn.Module):
         """One policy-gradient step on every task (tasks are independent: one backward gives all)."""
         # Without create_graph the gradient is a constant: the result still depends on ``params`` (to
         # first order, through the identity) unless they are detached themselves.
-        inputs = params if create_graph else {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        with torch.enable_grad():  # the step is a gradient even where the caller computes values only
-            loss = self.inner_loss(inputs, episodes, adv).sum()
-            grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph)
-        return {k: v - lr * g for (k, v), g in zip(params.items(), grads)}
+        gradients = batched_gradients(lambda p, _: self.inner_loss(p, episodes, adv))
+        return inner_loop(params, gradients, 1, lambda *_: lr, first_order=not create_graph)[-1]
 
     def adapt(self, tasks: int, supports: list[tuple[Episodes, torch.Tensor]], create_graph: bool) -> Params:
         """The adapted parameters as a function of the meta-parameters, replaying the support data."""
+        gradients = batched_gradients(lambda p, step: self.inner_loss(p, *supports[step]))
         params = self.policy.batched_params(tasks)
-        for episodes, adv in supports:
-            params = self.adapt_step(params, episodes, adv, self.inner_lr, create_graph)
-        return params
+        step_size = self.algorithm.step_size
+        return inner_loop(params, gradients, len(supports), step_size, first_order=not create_graph)[-1]
 
     def kl_hessian_vector(self, tasks, supports, query: Episodes, old_mean, old_log_std):
         """``v -> H v`` for ``H`` the Hessian of the surrogate's KL with respect to the meta-parameters.
@@ -223,17 +249,22 @@ class MetaRL(nn.Module):
         old = {"mean": old_mean.view(t, n, h, -1), "log_std": old_log_std, "logp": old_logp}
         return MetaObjective(closure, fisher_vector, returns, surrogate, supports, (query, query_adv, old))
 
-    def update(self, batch: EnvTaskBatch, optimizer: TRPO) -> dict[str, torch.Tensor]:
-        """One meta-iteration: sample, adapt, sample again, one TRPO step on the meta-parameters."""
-        if not isinstance(optimizer, TRPO):
-            raise MamlrunError("meta-RL needs optimizer=trpo")
+    def start_iteration(self, iteration: int) -> None:
+        self.algorithm.start_iteration(iteration)
+
+    def meta_gradient(self, batch: EnvTaskBatch) -> dict[str, torch.Tensor]:
+        """Sample, adapt and sample again; the TRPO step on it is :meth:`step_args` for the trainer's optimizer."""
         objective = self.meta_objective(batch)
-        stats = optimizer.step(objective.closure, objective.fisher_vector)
+        self._step = (objective.closure, objective.fisher_vector)
         returns = objective.returns
         out = {f"return_step{k}": r for k, r in enumerate(returns)}
         out["return_pre"], out["return_post"] = returns[0], returns[-1]
-        out.update({k: torch.tensor(float(v)) for k, v in stats.items()})
         return out
+
+    def step_args(self) -> tuple:
+        """``(closure, fisher_vector)`` of the last meta-batch: what :class:`~mamlrun.rl.trpo.TRPO` steps on."""
+        step, self._step = self._step, ()
+        return step
 
     def evaluate(self, batch: EnvTaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Average return per task after 0..steps adaptation steps: ``{"return": [steps + 1, tasks]}``."""

@@ -25,6 +25,8 @@ class GaussianMLP(nn.Module):
         Finn et al. 2017, section 5.3 (policy network); Schulman et al. 2015 (TRPO's Gaussian MLP policy).
     """
 
+    rl_only = True  # a policy: supervised learners refuse it
+
     def __init__(
         self, input_shape: tuple[int, ...], output_dim: int, hidden: tuple[int, ...] = (100, 100), init_std: float = 1.0
     ) -> None:

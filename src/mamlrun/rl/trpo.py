@@ -60,6 +60,8 @@ class TRPO(torch.optim.Optimizer):
         (TRPO as the meta-optimizer).
     """
 
+    rl_only = True  # a meta-RL optimizer: supervised learners refuse it
+
     def __init__(
         self,
         params,
