@@ -4,6 +4,10 @@ References:
     Finn, Abbeel, Levine. ICML 2017: Figure 2/3 (sinusoid MSE after 1/5/10 steps, K = 5) and
     Table 1 (few-shot classification, mean and 95 % CI); section 5.3 (RL: average return after
     0 / 1 / 2 / 3 policy-gradient steps).
+    Antoniou, Edwards, Storkey. "How to train your MAML." ICLR 2019 (MAML++, Omniglot; the values
+    of ../shared/PAPER.md).
+    Raghu, Raghu, Bengio, Vinyals. "Rapid Learning or Feature Reuse?" ICLR 2020, Table 2 (ANIL;
+    mean ± std over three seeds, not a confidence interval).
 """
 
 from __future__ import annotations
@@ -30,4 +34,14 @@ TABLE1 = {
 RL = {
     "rl_navigation2d": {"maml": {0: -40.41, 1: -11.68, 2: -3.33, 3: -3.23}},
     "rl_halfcheetah_dir": {"maml": {0: -50.69, 1: 293.19, 2: 313.48, 3: 315.65}},
+}
+
+# The algorithms built on the engine's hooks, beside their own papers: test accuracy in % (mean,
+# spread or None) per Table 1 cell and algorithm; the run's experiment file is ``<algorithm>_<cell>``.
+# (None, None): the paper has no number for the cell (the row is measured for comparison).
+ALGORITHMS = {
+    "omniglot_5w1s": {"mamlpp": (99.47, None), "anil": (None, None)},
+    "omniglot_5w5s": {"mamlpp": (99.93, None)},
+    "omniglot_20w1s": {"mamlpp": (97.65, None), "anil": (96.2, 0.5)},
+    "omniglot_20w5s": {"mamlpp": (99.33, None), "anil": (98.0, 0.3)},
 }

@@ -1,6 +1,11 @@
 """Measured paper tables with their provenance, for ``results/<table>/`` and the README.
 
-Usage: ``python -m mamlrun.results table1 [--runs outputs/table1] [--out results/table1] [--evaluate]``
+Usage: ``python -m mamlrun.results {table1,algorithms} [--runs outputs/<table>] [--out results/<table>] [--evaluate]``
+
+``table1`` is the MAML paper's Table 1 (:data:`mamlrun.paper.TABLE1`); ``algorithms`` the
+algorithms built on the engine's hooks (MAML++, ANIL) beside their own papers
+(:data:`mamlrun.paper.ALGORITHMS`; run directories ``outputs/algorithms/<cell>__<algorithm>``
+trained with ``experiment=<algorithm>_<cell>``).
 
 Reads the fixed run directories that :mod:`mamlrun.reproduce` trains (``<runs>/<cell>__<algorithm>``)
 and writes, for every cell and algorithm of the paper's table (run or not):
@@ -172,17 +177,21 @@ def missing_data(cell: str, reasons: dict[str, str | None]) -> str | None:
     return reasons[dataset.name]
 
 
-def table1_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
-    """One row per Table 1 cell and algorithm the paper reports, run or not."""
+TABLES = {"table1": paper.TABLE1, "algorithms": paper.ALGORITHMS}
+
+
+def table1_rows(runs_dir: Path, evaluate: bool = False, table: str = "table1") -> list[dict[str, Any]]:
+    """One row per cell and algorithm the paper(s) report, run or not."""
     skipped = json.loads((runs_dir / "skipped.json").read_text()) if (runs_dir / "skipped.json").exists() else {}
     rows, reasons = [], {}
-    for cell, published in paper.TABLE1.items():
+    for cell, published in TABLES[table].items():
         for algo, (paper_acc, paper_ci) in published.items():
             run_dir = runs_dir / f"{cell}__{algo}"
             row: dict[str, Any] = {"cell": cell, "algorithm": algo, "paper": paper_acc, "paper_ci95": paper_ci}
             if not (run_dir / ".hydra").is_dir():
                 reason = skipped.get(cell) or missing_data(cell, reasons)
-                row["status"] = f"not run: {reason or f'not started (make reproduce-table1 CELLS={cell})'}"
+                hint = f"make reproduce-table1 CELLS={cell}" if table == "table1" else f"experiment={algo}_{cell}"
+                row["status"] = f"not run: {reason or f'not started ({hint})'}"
                 rows.append(row)
                 continue
             metrics, status = _test_metrics(run_dir, runs_dir, evaluate)
@@ -204,7 +213,7 @@ def table1_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
             )
             steps = sorted(int(k.rsplit("step", 1)[1]) for k in metrics if k.startswith("test/acc_step"))
             row.update({f"acc_step{k}": 100 * metrics[f"test/acc_step{k}"] for k in steps})
-            if acc is not None:
+            if acc is not None and paper_acc is not None:
                 row["gap"] = row["acc"] - paper_acc
                 row["within_paper_ci"] = paper_ci is not None and abs(row["gap"]) <= paper_ci + row["ci95"]
             rows.append(row)
@@ -235,7 +244,9 @@ def plot_curves(runs_dir: Path, rows: list[dict], path: Path) -> Path | None:
     for ax, cell in zip(axes[0], cells):
         for row, steps, acc in (c for c in curves if c[0]["cell"] == cell):
             line = ax.plot(steps, acc, marker=".", label=f"{row['algorithm']} (validation)")[0]
-            ax.axhline(row["paper"], ls="--", color=line.get_color(), lw=1, label=f"paper {row['algorithm']} (test)")
+            if row["paper"] is not None:
+                label = f"paper {row['algorithm']} (test)"
+                ax.axhline(row["paper"], ls="--", color=line.get_color(), lw=1, label=label)
         ax.set(title=cell.replace("_", " "), xlabel="meta-iteration", ylabel="accuracy (%)")
     return _save(fig, axes[0], path)
 
@@ -283,7 +294,9 @@ def markdown(rows: list[dict]) -> str:
             "cell": [r["cell"] for r in rows],
             "algorithm": [r["algorithm"] for r in rows],
             "mamlrun (%)": [with_ci(r.get("acc", float("nan")), r.get("ci95", float("nan")), 2) for r in rows],
-            "paper (%)": [with_ci(r["paper"], r["paper_ci95"] or float("nan"), 2) for r in rows],
+            "paper (%)": [
+                "—" if r["paper"] is None else with_ci(r["paper"], r["paper_ci95"] or float("nan"), 2) for r in rows
+            ],
             "gap": [f"{r['gap']:+.2f}" if r.get("gap") is not None else "—" for r in rows],
             "meta-iterations (tested)": [
                 f"{r['meta_iterations']} ({r['tested_iteration']})" if r.get("tested_iteration") else "—" for r in rows
@@ -303,30 +316,32 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table1(runs_dir: Path, out: Path, evaluate: bool = False) -> list[Path]:
+def write_table1(runs_dir: Path, out: Path, evaluate: bool = False, table: str = "table1") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    rows = table1_rows(runs_dir, evaluate)
-    pd.DataFrame(rows).to_csv(out / "table1.csv", index=False)
-    (out / "table1.md").write_text(markdown(rows))
+    rows = table1_rows(runs_dir, evaluate, table)
+    pd.DataFrame(rows).to_csv(out / f"{table}.csv", index=False)
+    (out / f"{table}.md").write_text(markdown(rows))
     copy_runs(runs_dir, rows, out)
-    written = [out / "table1.csv", out / "table1.md"]
-    figures = [plot_curves(runs_dir, rows, out / "table1_curves.png"), plot_steps(rows, out / "table1_steps.png")]
+    written = [out / f"{table}.csv", out / f"{table}.md"]
+    figures = [plot_curves(runs_dir, rows, out / f"{table}_curves.png"), plot_steps(rows, out / f"{table}_steps.png")]
     return written + [f for f in figures if f]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mamlrun.results", description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["table1"])
-    parser.add_argument("--runs", type=Path, default=Path("outputs/table1"))
-    parser.add_argument("--out", type=Path, default=Path("results/table1"))
+    parser.add_argument("table", choices=list(TABLES))
+    parser.add_argument("--runs", type=Path, help="the run directories (default: outputs/<table>)")
+    parser.add_argument("--out", type=Path, help="where the table goes (default: results/<table>)")
     parser.add_argument("--evaluate", action="store_true", help="test unfinished runs from their best checkpoint")
     args = parser.parse_args(argv)
+    args.runs = args.runs or Path("outputs") / args.table
+    args.out = args.out or Path("results") / args.table
     if not args.runs.is_dir():
         print(f"mamlrun: error: {args.runs} is not a directory (train first: make reproduce-table1)", file=sys.stderr)
         return 2
-    for path in write_table1(args.runs, args.out, args.evaluate):
+    for path in write_table1(args.runs, args.out, args.evaluate, args.table):
         print(path)
-    print((args.out / "table1.md").read_text())
+    print((args.out / f"{args.table}.md").read_text())
     return 0
 
 
