@@ -28,9 +28,15 @@ def archive_members(archive: Path, name: str, suffix: str = ".png") -> list[str]
     except (zipfile.BadZipFile, OSError) as exc:
         raise MamlrunError(f"{name}: {archive} is not a readable zip archive ({exc})") from None
     for member in members:
-        if ".." in Path(member).parts or Path(member).is_absolute():
-            raise MamlrunError(f"{name}: {archive} holds an unsafe member {member!r} (absolute or with '..')")
+        check_member(member, archive, name)
     return members
+
+
+def check_member(member: str, where: Path, name: str) -> str:
+    """``member``, a relative path that stays inside ``where``; else an error naming it."""
+    if ".." in Path(member).parts or Path(member).is_absolute():
+        raise MamlrunError(f"{name}: {where} holds an unsafe member {member!r} (absolute or with '..')")
+    return member
 
 
 def folder_members(folder: Path, suffix: str = ".png") -> list[str]:
