@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,27 +34,18 @@ def find_characters(root: Path) -> tuple[Characters, list[Path]]:
     any depth. A character found in several sources (the official small sets share two
     alphabets) is read from the first.
     """
+    listed = [(archive, archive_members(archive, "omniglot")) for archive in sorted(root.glob("*.zip"))]
+    listed += [(root, pngs) for pngs in [folder_members(root)] if pngs]
     characters: Characters = {}
-    sources = []
-    for archive in sorted(root.glob("*.zip")):
-        sources.append(archive)
-        for key, images in _group(archive_members(archive, "omniglot"), archive).items():
+    for source, members in listed:
+        found: Characters = {}
+        for member in members:
+            parts = Path(member).parts
+            if len(parts) >= 3:
+                found.setdefault((parts[-3], parts[-2]), []).append(Image(source, member))
+        for key, images in found.items():
             characters.setdefault(key, images)
-    pngs = folder_members(root)
-    if pngs:
-        sources.append(root)
-        for key, images in _group(pngs, root).items():
-            characters.setdefault(key, images)
-    return characters, sources
-
-
-def _group(members: Sequence[str], source: Path) -> Characters:
-    out: Characters = {}
-    for member in members:
-        parts = Path(member).parts
-        if len(parts) >= 3:
-            out.setdefault((parts[-3], parts[-2]), []).append(Image(source, member))
-    return out
+    return characters, [source for source, _ in listed]
 
 
 def collection(source: Path, member: str) -> str:
@@ -74,22 +66,21 @@ def official_split(characters: Characters, keys: list, seed: int, root: Path, va
     least ``val_characters`` characters, so no alphabet is in two splits.
     """
     sets = [collection(*characters[k][0]) for k in keys]
-    background = sorted({k[0] for k, s in zip(keys, sets) if s == "background"})
-    if not background or "evaluation" not in sets:
+    background = [i for i, s in enumerate(sets) if s == "background"]
+    alphabets = sorted({keys[i][0] for i in background})
+    if not alphabets or "evaluation" not in sets:
         raise MamlrunError(
             f"omniglot: dataset.split={OFFICIAL_SPLIT} needs the official images_background and images_evaluation "
             f"sets; {root} does not hold both"
         )
-    random.Random(seed).shuffle(background)
-    val_alphabets: set[str] = set()
-    for alphabet in background:
-        if sum(k[0] in val_alphabets for k, s in zip(keys, sets) if s == "background") >= val_characters:
+    random.Random(seed).shuffle(alphabets)
+    size, held = Counter(keys[i][0] for i in background), set()
+    for alphabet in alphabets:
+        if sum(size[a] for a in held) >= val_characters:
             break
-        val_alphabets.add(alphabet)
-    train = [i for i, (k, s) in enumerate(zip(keys, sets)) if s == "background" and k[0] not in val_alphabets]
-    val = [i for i, (k, s) in enumerate(zip(keys, sets)) if s == "background" and k[0] in val_alphabets]
-    test = [i for i, s in enumerate(sets) if s == "evaluation"]
-    return [train, val, test]
+        held.add(alphabet)
+    train, val = ([i for i in background if (keys[i][0] in held) == v] for v in (False, True))
+    return [train, val, [i for i, s in enumerate(sets) if s == "evaluation"]]
 
 
 class OmniglotReader(Reader):
