@@ -3,7 +3,8 @@
 A dataset is a :class:`Reader`: it lists its classes and their images (``find``), turns one
 decoded image into a uint8 array (``convert``) and deals its classes into the train / val / test
 splits (``split``). :func:`load` does the rest the same way for every dataset: it fingerprints
-the source files, decodes every image once (with a progress bar) into one uint8 array
+the source files (names, sizes and modification times of archives, split files and images),
+decodes every image once (with a progress bar) into one uint8 array
 ``[classes, images_per_class, C, H, W]`` per group of classes, keeps those arrays in a checksummed
 cache (:mod:`mamlrun.data.cache`: tensors only, written atomically, nothing in it executes) that
 is rebuilt when the sources change, and returns the splits :class:`~mamlrun.data.images.ImageTasks`
@@ -12,6 +13,8 @@ samples from.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,8 @@ class Listing:
         groups: group name -> ``{class: [Image, ...]}``. Each group is decoded into one array whose
             classes are in sorted order, every class cut to the group's smallest class. A reader that
             decodes a group in one piece (:meth:`Reader.decode_group`) may hold anything there.
-        sources: the files and folders whose names, sizes and modification times fingerprint the data.
+        sources: the files and folders (archives, split files) whose names, sizes and modification
+            times fingerprint the data, beside every image file in a folder.
     """
 
     root: Path
@@ -83,6 +87,24 @@ class Reader:
         return {s: arrays[s] for s in SPLITS}
 
 
+def stamp(groups: dict[str, Any]) -> str:
+    """A digest of the names, sizes and modification times of every image file in a folder.
+
+    Images inside an archive are covered by the archive's own entry in the listing's sources.
+    """
+    digest = hashlib.sha256()
+    for classes in groups.values():
+        for images in classes.values() if isinstance(classes, dict) else ():
+            for source, member in images:
+                if source.suffix != ".zip":
+                    try:
+                        st = os.stat(source / member)
+                        digest.update(f"{source / member}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    except OSError:  # missing: decoding says so
+                        digest.update(f"{source / member}\0missing\n".encode())
+    return digest.hexdigest()
+
+
 def shape(groups: dict[str, Any]) -> dict[str, Any]:
     """Per group, its number of classes and images per class (or what a one-piece group is read from)."""
     return {
@@ -103,7 +125,8 @@ def load(reader: Reader, root: str | Path, image_size: int, cache_dir: str | Pat
         listing = reader.find(root)
     if listing is None:
         raise MamlrunError(f"{reader.name}: no data in {root}: {reader.how_to}")
-    key = fingerprint(listing.sources, size=image_size, reader=type(reader).__name__, groups=shape(listing.groups))
+    groups = {"groups": shape(listing.groups), "images": stamp(listing.groups)}
+    key = fingerprint(listing.sources, size=image_size, reader=type(reader).__name__, **groups)
     path = cache_path(reader.name, root, image_size, cache_dir)
     arrays = cached(path, key, lambda: {g: reader.decode_group(g, c, image_size) for g, c in listing.groups.items()})
     splits = reader.split(listing, arrays)
