@@ -49,8 +49,7 @@ class MiniImagenetReader(Reader):
     def find(self, root: Path) -> Listing | None:
         files = [root / f"{s}.csv" for s in SPLITS]
         if (root / "images").is_dir() and all(p.is_file() for p in files):
-            first = sorted((root / "images").glob("*"))[:1]
-            return Listing(root, {s: csv_classes(root, s) for s in SPLITS}, [*files, root / "images", *first])
+            return Listing(root, {s: csv_classes(root, s) for s in SPLITS}, [*files, root / "images"])
         pickles = [root / PICKLE.format(split=s) for s in SPLITS]
         if all(p.is_file() for p in pickles):
             return Listing(root, dict(zip(SPLITS, pickles)), pickles)
