@@ -72,3 +72,26 @@ def copy_archives(src, dst):
     for archive in src.glob("*.zip"):
         shutil.copy(archive, dst / archive.name)
     return dst
+
+
+def tiny_cifarfs(root, classes=(6, 4, 4), per_class=8, size=32, nested=False):
+    """CIFAR-FS in its distributed layout: ``data/<class>/*.png`` and ``splits/bertinetto/<split>.txt``.
+
+    Returns the images written, ``{split: {class: [H, W, 3] uint8 array, ...]}}``; with ``nested``
+    the layout lies inside ``root/cifar100``, as the common archive unzips.
+    """
+    rng = np.random.default_rng(0)
+    base = root / "cifar100" if nested else root
+    (base / "splits" / "bertinetto").mkdir(parents=True, exist_ok=True)
+    written = {}
+    for split, n_classes in zip(("train", "val", "test"), classes):
+        names = [f"{split}_class_{c:02d}" for c in range(n_classes)]
+        written[split] = {}
+        for name in names:
+            (base / "data" / name).mkdir(parents=True)
+            images = rng.integers(0, 256, (per_class, size, size, 3), dtype=np.uint8)
+            for i, pixels in enumerate(images):
+                Image.fromarray(pixels).save(base / "data" / name / f"{name}_s_{i:03d}.png")
+            written[split][name] = images
+        (base / "splits" / "bertinetto" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return written

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import random
-import zipfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
+from PIL import Image as PILImage
 
-from mamlrun.data.cache import cache_path, cached, fingerprint
+from mamlrun.data import splits
 from mamlrun.data.download import download as fetch
 from mamlrun.data.images import SPLITS, ImageTasks
+from mamlrun.data.pipeline import Listing, Reader, load
+from mamlrun.data.sources import Image, archive_members, folder_members, gray
 from mamlrun.errors import MamlrunError
 
 RELEASE = "https://github.com/brendenlake/omniglot/raw/master/python"
@@ -24,99 +24,28 @@ OFFICIAL = {  # archive -> sha256
     "images_evaluation.zip": "1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee",
 }
 OFFICIAL_SPLIT = "official"  # dataset.split value for Lake et al.'s background / evaluation protocol
+Characters = dict[tuple[str, str], list[Image]]
 
 
-def find_characters(root: Path) -> tuple[dict[tuple[str, str], list[tuple[Path, str]]], list[Path]]:
-    """Every character under ``root``: ``(alphabet, character) -> [(source, member), ...]``.
+def find_characters(root: Path) -> tuple[Characters, list[Path]]:
+    """Every character under ``root``: ``(alphabet, character) -> [(source, member), ...]``, and the sources.
 
     Sources are zip archives and folders laid out as ``<Alphabet>/<character>/<drawing>.png``, at
     any depth. A character found in several sources (the official small sets share two
     alphabets) is read from the first.
     """
-    characters: dict[tuple[str, str], list[tuple[Path, str]]] = {}
-    sources = []
-    for archive in sorted(root.glob("*.zip")):
-        try:
-            with zipfile.ZipFile(archive) as z:
-                members = [m for m in z.namelist() if m.lower().endswith(".png")]
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise MamlrunError(f"omniglot: {archive} is not a readable zip archive ({exc})") from None
-        found = _group(members, archive)
-        sources.append(archive)
+    listed = [(archive, archive_members(archive, "omniglot")) for archive in sorted(root.glob("*.zip"))]
+    listed += [(root, pngs) for pngs in [folder_members(root)] if pngs]
+    characters: Characters = {}
+    for source, members in listed:
+        found: Characters = {}
+        for member in members:
+            parts = Path(member).parts
+            if len(parts) >= 3:
+                found.setdefault((parts[-3], parts[-2]), []).append(Image(source, member))
         for key, images in found.items():
             characters.setdefault(key, images)
-    pngs = [p for p in root.rglob("*.png") if not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    if pngs:
-        sources.append(root)
-        for key, images in _group([str(p.relative_to(root)) for p in pngs], root).items():
-            characters.setdefault(key, images)
-    return characters, sources
-
-
-def _group(members: Sequence[str], source: Path) -> dict[tuple[str, str], list[tuple[Path, str]]]:
-    out: dict[tuple[str, str], list[tuple[Path, str]]] = {}
-    for member in sorted(members):
-        parts = Path(member).parts
-        if ".." in parts or Path(member).is_absolute():  # a path that leaves the archive is no drawing
-            raise MamlrunError(f"omniglot: {source} holds an unsafe member {member!r} (absolute or with '..')")
-        if len(parts) >= 3:
-            out.setdefault((parts[-3], parts[-2]), []).append((source, member))
-    return out
-
-
-def decode(characters: dict, keys: list, per_class: int, size: int) -> torch.Tensor:
-    """``[characters, per_class, 1, size, size]`` uint8, strokes bright on black (as the MAML code feeds them)."""
-    out = np.empty((len(keys), per_class, 1, size, size), dtype=np.uint8)
-    archives: dict[Path, zipfile.ZipFile] = {}
-    try:
-        for i, key in enumerate(tqdm(keys, desc="decode omniglot", unit="char", leave=False)):
-            for j, (source, member) in enumerate(characters[key][:per_class]):
-                if source.suffix == ".zip":
-                    z = archives.get(source) or archives.setdefault(source, zipfile.ZipFile(source))
-                    raw = io.BytesIO(z.read(member))
-                else:
-                    raw = source / member
-                try:
-                    with Image.open(raw) as im:
-                        small = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
-                except (OSError, ValueError) as exc:  # a damaged or foreign file: name it, not PIL's internals
-                    reason = str(exc).split(" <")[0] or type(exc).__name__  # drop "<_io.BytesIO object at 0x...>"
-                    raise MamlrunError(f"omniglot: cannot decode {member} in {source}: {reason}") from None
-                out[i, j, 0] = 255 - np.asarray(small, dtype=np.uint8)
-    finally:
-        for z in archives.values():
-            z.close()
-    return torch.from_numpy(out)
-
-
-def split_counts(split: Sequence[float], total: int, root: Path) -> list[int]:
-    """Characters per split from counts (``[1100, 100, 423]``) or fractions (``[0.6, 0.2, 0.2]``)."""
-    if isinstance(split, str) or len(split) != 3 or any(s < 0 for s in split):
-        raise MamlrunError(
-            f"omniglot: dataset.split needs three non-negative numbers (train, val, test) or '{OFFICIAL_SPLIT}', "
-            f"got {split}"
-        )
-    if all(s <= 1 for s in split) and sum(split) <= 1 + 1e-9 and not all(float(s).is_integer() for s in split):
-        counts = [round(s * total) for s in split]
-        if abs(sum(split) - 1) < 1e-9:  # fractions of everything: the test split takes what rounding left
-            counts[2] = total - counts[0] - counts[1]
-    else:
-        counts = [int(s) for s in split]
-    if sum(counts) > total:
-        raise MamlrunError(
-            f"omniglot: dataset.split asks for {sum(counts)} characters but {root} holds {total}; "
-            "give fractions instead, e.g. dataset.split=[0.6,0.2,0.2]"
-        )
-    return counts
-
-
-def shuffled_split(keys: list, split: Sequence[float], seed: int, root: Path) -> list[list[int]]:
-    """Indices of ``keys`` per split (train, val, test): characters shuffled with ``seed``, dealt by counts."""
-    counts = split_counts(split, len(keys), root)
-    order = list(range(len(keys)))
-    random.Random(seed).shuffle(order)
-    bounds = np.cumsum([0, *counts])
-    return [sorted(order[bounds[i] : bounds[i + 1]]) for i in range(3)]
+    return characters, [source for source, _ in listed]
 
 
 def collection(source: Path, member: str) -> str:
@@ -125,29 +54,68 @@ def collection(source: Path, member: str) -> str:
     return "evaluation" if "evaluation" in where else "background" if "background" in where else "unknown"
 
 
-def official_split(characters: dict, keys: list, seed: int, root: Path, val_characters: int = 100) -> list[list[int]]:
+def shuffled_split(keys: list, split: Sequence[float], seed: int, root: Path) -> list[list[int]]:
+    """Indices of ``keys`` per split (train, val, test): characters shuffled with ``seed``, dealt by counts."""
+    return splits.shuffled_split(keys, split, seed, root, "omniglot", "characters", f" or '{OFFICIAL_SPLIT}'")
+
+
+def official_split(characters: Characters, keys: list, seed: int, root: Path, val_characters: int = 100):
     """Lake et al.'s protocol: meta-train and validate on the background alphabets, test on the evaluation ones.
 
     Whole background alphabets (shuffled with ``seed``) are held out for validation until they hold at
     least ``val_characters`` characters, so no alphabet is in two splits.
     """
     sets = [collection(*characters[k][0]) for k in keys]
-    background = sorted({k[0] for k, s in zip(keys, sets) if s == "background"})
-    if not background or "evaluation" not in sets:
+    background = [i for i, s in enumerate(sets) if s == "background"]
+    alphabets = sorted({keys[i][0] for i in background})
+    if not alphabets or "evaluation" not in sets:
         raise MamlrunError(
             f"omniglot: dataset.split={OFFICIAL_SPLIT} needs the official images_background and images_evaluation "
             f"sets; {root} does not hold both"
         )
-    random.Random(seed).shuffle(background)
-    val_alphabets: set[str] = set()
-    for alphabet in background:
-        if sum(k[0] in val_alphabets for k, s in zip(keys, sets) if s == "background") >= val_characters:
+    random.Random(seed).shuffle(alphabets)
+    size, held = Counter(keys[i][0] for i in background), set()
+    for alphabet in alphabets:
+        if sum(size[a] for a in held) >= val_characters:
             break
-        val_alphabets.add(alphabet)
-    train = [i for i, (k, s) in enumerate(zip(keys, sets)) if s == "background" and k[0] not in val_alphabets]
-    val = [i for i, (k, s) in enumerate(zip(keys, sets)) if s == "background" and k[0] in val_alphabets]
-    test = [i for i, s in enumerate(sets) if s == "evaluation"]
-    return [train, val, test]
+        held.add(alphabet)
+    train, val = ([i for i in background if (keys[i][0] in held) == v] for v in (False, True))
+    return [train, val, [i for i, s in enumerate(sets) if s == "evaluation"]]
+
+
+class OmniglotReader(Reader):
+    """Omniglot's characters as classes (one group, ``images``), dealt into splits by ``split``."""
+
+    name = "omniglot"
+    how_to = (
+        "put images_background.zip and images_evaluation.zip there "
+        "(or any folder in the layout <Alphabet>/<character>/*.png), or set dataset.download=true"
+    )
+    split_hint = "; adjust dataset.split"
+
+    def __init__(self, split: Sequence[float] | str, seed: int, download: bool, url: str) -> None:
+        self.rule, self.seed, self.download, self.url = split, seed, download, url
+
+    def find(self, root: Path) -> Listing | None:
+        characters, sources = find_characters(root)
+        return Listing(root, {"images": characters}, sources) if characters else None
+
+    def fetch(self, root: Path) -> bool:
+        for archive, sha in OFFICIAL.items() if self.download else ():
+            fetch(f"{self.url.rstrip('/')}/{archive}", root / archive, sha)
+        return self.download
+
+    def convert(self, image: PILImage.Image, size: int) -> np.ndarray:
+        return 255 - gray(image, size)  # strokes bright on black, as the MAML code feeds them
+
+    def split(self, listing: Listing, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        characters = listing.groups["images"]
+        keys = sorted(characters)
+        if self.rule == OFFICIAL_SPLIT:
+            parts = official_split(characters, keys, self.seed, listing.root)
+        else:
+            parts = shuffled_split(keys, self.rule, self.seed, listing.root)
+        return {s: arrays["images"][part] for s, part in zip(SPLITS, parts)}
 
 
 class Omniglot(ImageTasks):
@@ -189,29 +157,5 @@ class Omniglot(ImageTasks):
         cache_dir: str | Path | None = None,
         name: str = "omniglot",
     ) -> None:
-        root = Path(root).expanduser()
-        characters, sources = find_characters(root) if root.is_dir() else ({}, [])
-        if not characters and download:
-            for archive, sha in OFFICIAL.items():
-                fetch(f"{url.rstrip('/')}/{archive}", root / archive, sha)
-            characters, sources = find_characters(root)
-        if not characters:
-            raise MamlrunError(
-                f"omniglot: no data in {root}: put images_background.zip and images_evaluation.zip there "
-                "(or any folder in the layout <Alphabet>/<character>/*.png), or set dataset.download=true"
-            )
-        keys = sorted(characters)
-        per_class = min(len(v) for v in characters.values())
-        key = fingerprint(sources, size=image_size, per_class=per_class, n=len(keys))
-        cache_file = cache_path("omniglot", root, image_size, cache_dir)
-        images = cached(cache_file, key, lambda: {"images": decode(characters, keys, per_class, image_size)})["images"]
-
-        if split == OFFICIAL_SPLIT:
-            parts = official_split(characters, keys, split_seed, root)
-        else:
-            parts = shuffled_split(keys, split, split_seed, root)
-        arrays = {s: images[part] for s, part in zip(SPLITS, parts)}
-        empty = [s for s, a in arrays.items() if len(a) == 0]
-        if empty:
-            raise MamlrunError(f"omniglot: the {', '.join(empty)} split is empty; adjust dataset.split")
+        arrays = load(OmniglotReader(split, split_seed, download, url), root, image_size, cache_dir)
         super().__init__(arrays, ways, shots, query_shots, eval_query_shots, rotations, name)
