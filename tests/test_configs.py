@@ -15,7 +15,7 @@ from mamlrun.errors import MamlrunError
 from mamlrun.learner import MetaLearner
 from mamlrun.rl import MetaRL
 from tests.conftest import ROOT, compose_config
-from tests.data.conftest import OMNIGLOT, tiny_miniimagenet
+from tests.data.conftest import OMNIGLOT, tiny_cifarfs, tiny_miniimagenet
 
 GROUPS = ("dataset", "model", "algorithm", "optimizer", "hardware", "logger")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -30,12 +30,15 @@ def data_overrides(tmp_path_factory):
     """Per dataset, overrides pointing it at data this machine has (real small Omniglot, generated MiniImagenet)."""
     mini = tmp_path_factory.mktemp("mini")
     tiny_miniimagenet(mini, "pickle", classes=(20, 20, 20), per_class=20)
+    cifar = tmp_path_factory.mktemp("cifar")
+    tiny_cifarfs(cifar, classes=(5, 5, 5), per_class=16)
     cache = tmp_path_factory.mktemp("cache")
     return {
         "sinusoid": [],
         **{name: [] for name in ("navigation2d", "halfcheetah_dir", "halfcheetah_vel", "ant_dir", "ant_vel")},
         "omniglot": [f"dataset.root={OMNIGLOT}", "dataset.split=[0.6,0.2,0.2]", f"dataset.cache_dir={cache}"],
         "miniimagenet": [f"dataset.root={mini}", f"dataset.cache_dir={cache}"],
+        "cifarfs": [f"dataset.root={cifar}", f"dataset.cache_dir={cache}"],
     }
 
 
@@ -62,6 +65,7 @@ def test_every_group_option_composes_and_instantiates(group, option, data_overri
     pairs = {
         "omniglot": "model=conv4",
         "miniimagenet": "model=conv4_miniimagenet",
+        "cifarfs": "model=conv4_miniimagenet",
         "conv4": "dataset=omniglot",
         "conv4_miniimagenet": "dataset=miniimagenet",
         "mlp_omniglot": "dataset=omniglot",
