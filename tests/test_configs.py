@@ -10,10 +10,11 @@ from omegaconf import OmegaConf
 
 from mamlrun.algorithms import MetaLearner
 from mamlrun.assemble import build_run
-from mamlrun.cli import CONF_DIR, expand_sweeps, prevalidate
-from mamlrun.config import build, validate
+from mamlrun.config import build
 from mamlrun.errors import MamlrunError
+from mamlrun.paths import CONF_DIR
 from mamlrun.rl import MetaRL
+from mamlrun.validation import expand_sweeps, prevalidate, validate
 from tests.conftest import ROOT, compose_config
 from tests.data.conftest import OMNIGLOT, tiny_miniimagenet
 

@@ -98,19 +98,3 @@ class Learn2LearnMetaSGD(_Learn2LearnGradient, MetaSGD):
 
     def _wrapper(self):
         return self._l2l
-
-
-BACKENDS = {
-    "mamlrun.algorithms.MAML": "mamlrun.algorithms.l2l.Learn2LearnMAML",
-    "mamlrun.algorithms.MetaSGD": "mamlrun.algorithms.l2l.Learn2LearnMetaSGD",
-}
-
-
-def learn2learn_target(target: str, algorithm: str) -> str:
-    """The learn2learn class standing in for ``target``; an error for algorithms learn2learn lacks."""
-    if target not in BACKENDS:
-        raise MamlrunError(
-            f"algorithm={algorithm} has no learn2learn backend (learn2learn provides MAML, first-order MAML "
-            "and Meta-SGD through clone/adapt); use algorithm.backend=func"
-        )
-    return BACKENDS[target]
