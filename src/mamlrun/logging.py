@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
+from mamlrun.paths import PACKAGE
 
 # The packages whose versions decide a run's numbers (those installed are recorded).
 PACKAGES = ("mamlrun", "torch", "numpy", "hydra-core", "omegaconf", "learn2learn", "wandb", "gymnasium", "mujoco")
@@ -270,7 +271,7 @@ def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    commit, dirty = _git_state(Path(__file__).resolve().parent)
+    commit, dirty = _git_state(PACKAGE)
     return {
         "git_commit": commit,
         "git_dirty": dirty,
