@@ -28,7 +28,7 @@ $(VENV)/.l2l: scripts/install_learn2learn.sh $(VENV)/.installed
 	scripts/install_learn2learn.sh
 	touch $@
 
-install-l2l: $(VENV)/.l2l  ## build learn2learn 0.2.0 for this Python (parity oracle, optional backend, bench peer)
+install-l2l: $(VENV)/.l2l  ## build learn2learn 0.2.0 for this Python (parity oracle, algorithm=maml_l2l etc., bench peer)
 
 run: install  ## the default experiment (sinusoid MAML, about a minute on a laptop CPU); extra overrides in ARGS=
 	$(BIN)/mamlrun $(ARGS)
@@ -51,11 +51,12 @@ bench: install  ## engine speed and peak memory against a per-task autograd loop
 	$(BIN)/python -m mamlrun.bench $(ARGS)
 
 SUFFIX := $(if $(QUICK),_quick)
-QUICK_SINUSOID := meta_iterations=200 eval.test_tasks=100 train.val_every=100
+# QUICK=1: debug=quick (conf/debug/quick.yaml), every stage in seconds, into *_quick folders.
+DEBUG := $(if $(QUICK),debug=quick)
 
 reproduce-sinusoid: install  ## the paper's sinusoid comparison (MAML vs pretrain, K=5,10,20) and its table (QUICK=1: plumbing only)
 	rm -rf outputs/multirun/sinusoid$(SUFFIX)
-	$(BIN)/mamlrun -cd sweeps -cn sinusoid hydra.sweep.dir=outputs/multirun/sinusoid$(SUFFIX) $(if $(QUICK),$(QUICK_SINUSOID)) $(ARGS)
+	$(BIN)/mamlrun -cd sweeps -cn sinusoid hydra.sweep.dir=outputs/multirun/sinusoid$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/sinusoid$(SUFFIX) --table sinusoid --out outputs/reports$(SUFFIX)
 
 CELLS ?=
@@ -67,15 +68,13 @@ reproduce-table1: install  ## the paper's Table 1 on the data present, resumable
 results-table1: install  ## rebuild results/table1 from the runs in outputs/table1, testing unfinished runs from their best checkpoint
 	$(BIN)/python -m mamlrun.results table1 --evaluate $(ARGS)
 
-QUICK_RL := meta_iterations=3 meta_batch_size=4 shots=4 train.val_every=0 eval.test_tasks=8
-
 reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random) and trajectory plots (QUICK=1: plumbing only)
 	rm -rf outputs/multirun/rl_navigation2d$(SUFFIX)
-	$(BIN)/mamlrun -cd sweeps -cn rl_navigation2d hydra.sweep.dir=outputs/multirun/rl_navigation2d$(SUFFIX) $(if $(QUICK),$(QUICK_RL)) $(ARGS)
+	$(BIN)/mamlrun -cd sweeps -cn rl_navigation2d hydra.sweep.dir=outputs/multirun/rl_navigation2d$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/rl_navigation2d$(SUFFIX) --table rl_navigation2d --out outputs/reports$(SUFFIX)
 
 reproduce-rl-locomotion: install  ## half-cheetah forward/backward (MAML, pretrained, random): hours on a CPU; ARGS=meta_iterations=N to stop early
-	$(BIN)/mamlrun -cd sweeps -cn rl_halfcheetah_dir hydra.sweep.dir=outputs/multirun/rl_halfcheetah_dir$(SUFFIX) $(if $(QUICK),$(QUICK_RL)) $(ARGS)
+	$(BIN)/mamlrun -cd sweeps -cn rl_halfcheetah_dir hydra.sweep.dir=outputs/multirun/rl_halfcheetah_dir$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/rl_halfcheetah_dir$(SUFFIX) --table rl_halfcheetah_dir --out outputs/reports$(SUFFIX)
 
 clean:  ## remove outputs and caches (keeps .venv)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mamlrun.cli import CONF_DIR
+from mamlrun.paths import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 MAMLRUN = Path(sys.executable).with_name("mamlrun")

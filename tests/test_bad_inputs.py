@@ -144,7 +144,8 @@ CASES: dict[str, Case] = {
     "unknown key": Case(["no_such_key=1"], "unknown key 'no_such_key' (to add a new key, use +no_such_key=1)"),
     "unknown option": Case(
         ["algorithm=nope"],
-        "Could not find 'algorithm/nope' (available: fomaml, maml, metasgd, pretrain, random, reptile)",
+        "Could not find 'algorithm/nope' (available: fomaml, fomaml_l2l, maml, maml_l2l, metasgd, metasgd_l2l, "
+        "pretrain, random, reptile)",
     ),
     "unknown option in a sweep": Case(["-m", "experiment=nope,sinusoid"], "Could not find 'experiment/nope'"),
     "bad value in a sweep": Case(["-m", "inner_steps=1,-2"], "inner_steps must be at least 0"),
@@ -152,7 +153,7 @@ CASES: dict[str, Case] = {
     "unparsable override": Case(["inner_steps=[1"], "cannot parse 'inner_steps=[1'"),
     "missing config dir": Case(["-cd", "nowhere"], "config directory nowhere does not exist"),
     "device not present": Case([NO_GPU_DEVICE], "hardware.device"),
-    "unknown backend": Case(["algorithm.backend=jax"], "algorithm.backend"),
+    "removed backend key": Case(["algorithm.backend=learn2learn"], "unknown key 'algorithm.backend'"),
     "image model on regression": Case(["model=conv4"], "Conv4 needs image inputs"),
     # -- logging -------------------------------------------------------------------------------
     "unknown W&B mode": Case(["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online"),

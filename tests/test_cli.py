@@ -176,10 +176,12 @@ def test_wandb_offline_records_config_metrics_and_group(tmp_path):
     assert not Path(tmp_path / "wandb").exists()  # everything stays inside the run directories
 
 
-def test_learn2learn_backend_runs_and_refuses_what_it_lacks(tmp_path):
+def test_learn2learn_algorithms_run_and_refuse_what_they_lack(tmp_path):
     pytest.importorskip("learn2learn", reason="learn2learn missing: run `make install-l2l`")
-    run_mamlrun("algorithm.backend=learn2learn", "algorithm=metasgd", *TINY, "hydra.run.dir=l2l", cwd=tmp_path)
+    run_mamlrun("algorithm=metasgd_l2l", *TINY, "hydra.run.dir=l2l", cwd=tmp_path)
     assert read_metrics(tmp_path / "l2l")["train/meta_iterations"] == 20
-    proc = run_mamlrun("algorithm=reptile", "algorithm.backend=learn2learn", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "no learn2learn backend" in proc.stderr
+    # learn2learn has no Reptile: there is no such option, and the error lists the ones there are.
+    proc = run_mamlrun("algorithm=reptile_l2l", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Could not find 'algorithm/reptile_l2l'" in proc.stderr
+    assert "maml_l2l" in proc.stderr and "metasgd_l2l" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,12 @@ import torch
 from omegaconf import OmegaConf
 
 from mamlrun.assemble import build_run
-from mamlrun.cli import CONF_DIR, expand_sweeps, prevalidate
-from mamlrun.config import build, validate
+from mamlrun.config import build
 from mamlrun.errors import MamlrunError
 from mamlrun.learner import MetaLearner
+from mamlrun.paths import CONF_DIR
 from mamlrun.rl import MetaRL
+from mamlrun.validation import expand_sweeps, prevalidate, validate
 from tests.conftest import ROOT, compose_config
 from tests.data.conftest import OMNIGLOT, tiny_cifarfs, tiny_miniimagenet
 
@@ -22,7 +24,11 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # Options that need something this machine may not have.
-NEEDS = {("hardware", "gpu"): torch.cuda.is_available()}
+LEARN2LEARN = importlib.util.find_spec("learn2learn") is not None
+NEEDS = {
+    ("hardware", "gpu"): torch.cuda.is_available(),
+    **{("algorithm", option): LEARN2LEARN for option in ("maml_l2l", "fomaml_l2l", "metasgd_l2l")},
+}
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +171,7 @@ def test_conf_dir_is_shipped_inside_the_package():
         (["experiment=rl_navigation2d", "optimizer=adam"], "needs optimizer=trpo"),
         (["experiment=rl_navigation2d", "model=mlp"], "needs model=gaussian_mlp"),
         (["experiment=rl_navigation2d", "algorithm=metasgd"], "algorithm=metasgd has no RL form"),
+        (["experiment=rl_navigation2d", "algorithm=maml_l2l"], "algorithm=maml_l2l has no RL form"),
         (["optimizer=trpo"], "optimizer=trpo is for RL datasets"),
         (["model=gaussian_mlp"], "model=gaussian_mlp is for RL datasets"),
     ],

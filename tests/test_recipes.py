@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mamlrun import paths
-from mamlrun.cli import CONF_DIR
-from mamlrun.config import validate
+from mamlrun.paths import CONF_DIR
+from mamlrun.validation import validate
 from tests.conftest import compose_config
 
 DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))

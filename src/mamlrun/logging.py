@@ -1,7 +1,9 @@
-"""Metric logging: JSONL always, Weights & Biases when asked; only rank 0 writes.
+"""Metric logging: a list of loggers built from config, JSONL always, Weights & Biases when asked.
 
-The trainer talks to :class:`MetricLogger` alone. W&B is imported lazily, defaults to offline
-mode (never needs an account or a network) and logs the resolved config, metrics and images.
+The trainer talks to :class:`MetricLogger` alone, which hands every call to the loggers the
+``logger`` group names by ``_target_`` (``logger.writers``); only rank 0 logs. W&B is imported
+lazily, defaults to offline mode (never needs an account or a network) and logs the resolved
+config, metrics and images.
 Every run also records where its numbers come from (:func:`provenance`: git commit, package
 versions, machine) in ``provenance.json``.
 """
@@ -24,6 +26,7 @@ from urllib.parse import urlparse
 
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
+from mamlrun.paths import PACKAGE
 
 # The packages whose versions decide a run's numbers (those installed are recorded).
 PACKAGES = ("mamlrun", "torch", "numpy", "hydra-core", "omegaconf", "learn2learn", "wandb", "gymnasium", "mujoco")
@@ -49,74 +52,143 @@ def to_python(value: Any) -> Any:
     return value
 
 
-class MetricLogger:
-    """Writes ``metrics.jsonl`` (one line per logged step) and mirrors it to W&B.
+class RunInfo:
+    """What a logger is told about its run.
 
     Args:
-        run_dir: where ``metrics.jsonl`` goes.
-        wandb_cfg: ``None`` for no W&B, else the ``logger`` config (``project``, ``mode``, ``group``,
-            ``name``, ``entity``, ``tags``).
-        config: the resolved run config, recorded by W&B.
-        resume_step: on resume, lines logged after this step (work lost at the interruption)
-            are dropped, so the file reads as if the run had never stopped.
+        dir: the run directory.
+        name: the run's name (``run_name``).
+        sweep: the sweep's name (its directory's) when the run is one job of a sweep, else ``None``.
+        config: the resolved run config, for loggers that record it.
+        resume_step: on resume, the step the run continues from: what was logged after it (work
+            lost at the interruption) is dropped, so the record reads as if the run had never stopped.
     """
 
     def __init__(
         self,
-        run_dir: str | Path,
-        wandb_cfg: dict | None = None,
+        dir: str | Path,
+        name: str | None = None,
+        sweep: str | None = None,
         config: dict | None = None,
         resume_step: int | None = None,
     ) -> None:
-        self.enabled = rank() == 0
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.wandb = None
-        if not self.enabled:
-            return
+        self.dir, self.name, self.sweep = Path(dir), name, sweep
+        self.config, self.resume_step = config or {}, resume_step
+
+
+class JsonlLogger:
+    """``metrics.jsonl`` in the run directory: one JSON line per logged step."""
+
+    def __init__(self, run: RunInfo) -> None:
+        self.path = run.dir / "metrics.jsonl"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if resume_step is None:
+            if run.resume_step is None:
                 self.path.write_text("")
             elif self.path.exists():
-                kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+                kept = [
+                    ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= run.resume_step
+                ]
                 self.path.write_text("".join(ln + "\n" for ln in kept))
             self._file = self.path.open("a")
         except OSError as exc:
             raise MamlrunError(f"cannot write {self.path}: {write_failure(self.path, exc)}") from None
-        if wandb_cfg is not None:
-            self.wandb = _init_wandb(Path(run_dir), wandb_cfg, config or {})
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
-        if not self.enabled:
-            return
-        row = {k: to_python(v) for k, v in metrics.items()}
+    def log(self, row: dict[str, Any], step: int) -> None:
         try:
             self._file.write(json.dumps({"step": step, **row}, allow_nan=True) + "\n")
             self._file.flush()
         except OSError as exc:
             raise MamlrunError(f"cannot write {self.path}: {write_failure(self.path, exc)}") from None
-        if self.wandb is not None:
-            self.wandb.log(row, step=step)
 
-    def summary(self, metrics: dict[str, Any]) -> None:
-        if self.wandb is not None:
-            values = {k: to_python(v) for k, v in metrics.items()}
-            self.wandb.summary.update({k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))})
+    def summary(self, values: dict[str, Any]) -> None:
+        """The final metrics go to ``metrics.json``, written by the run itself."""
 
-    def image(self, name: str, path: str | Path, step: int) -> None:
-        if self.wandb is not None:
-            import wandb
-
-            self.wandb.log({name: wandb.Image(str(path))}, step=step)
+    def image(self, name: str, path: Path, step: int) -> None:
+        """Figures stay in the run directory, where they were written."""
 
     def finish(self) -> None:
-        if not self.enabled:
-            return
         with contextlib.suppress(OSError):  # every line was flushed (or reported) when it was logged
             self._file.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-            self.wandb = None
+
+
+class WandbLogger:
+    """Weights & Biases: the resolved config, every metric, the summary and the figures.
+
+    ``offline`` (the default) needs no account and no network; runs of one sweep share a group (the
+    sweep's name) unless ``group`` is given. W&B is imported only when a run starts.
+    """
+
+    def __init__(
+        self,
+        run: RunInfo,
+        project: str = "mamlrun",
+        entity: str | None = None,
+        mode: str = "offline",
+        group: str | None = None,
+        tags: list[str] | None = None,
+        name: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        settings = {"project": project, "entity": entity, "mode": mode, "group": group or run.sweep}
+        settings.update(tags=list(tags or []), name=name or run.name, id=id)
+        self.wandb = _init_wandb(run.dir, settings, run.config)
+
+    @classmethod
+    def check_config(cls, settings: dict) -> None:
+        if settings.get("mode") not in WANDB_MODES:
+            raise MamlrunError(f"logger.mode must be one of {', '.join(WANDB_MODES)}, got {settings.get('mode')!r}")
+
+    @classmethod
+    def check_online(cls, settings: dict) -> None:
+        check_wandb_online(settings)
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        self.wandb.log(row, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.wandb.summary.update({k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))})
+
+    def image(self, name: str, path: Path, step: int) -> None:
+        import wandb
+
+        self.wandb.log({name: wandb.Image(str(path))}, step=step)
+
+    def finish(self) -> None:
+        self.wandb.finish()
+
+
+class MetricLogger:
+    """What the trainer logs to: every logger of a list, only on rank 0.
+
+    Args:
+        run_dir: with no ``loggers``, a :class:`JsonlLogger` writing ``<run_dir>/metrics.jsonl``.
+        loggers: the loggers (a run builds them from its ``logger.writers`` config).
+    """
+
+    def __init__(self, run_dir: str | Path | None = None, loggers: list | None = None) -> None:
+        if loggers is None:
+            loggers = [JsonlLogger(RunInfo(run_dir))] if rank() == 0 and run_dir is not None else []
+        self.loggers = list(loggers) if rank() == 0 else []
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        row = {k: to_python(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.log(row, step)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        values = {k: to_python(v) for k, v in metrics.items()}
+        for logger in self.loggers:
+            logger.summary(values)
+
+    def image(self, name: str, path: str | Path, step: int) -> None:
+        for logger in self.loggers:
+            logger.image(name, Path(path), step)
+
+    def finish(self) -> None:
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.finish()
 
 
 def _init_wandb(run_dir: Path, cfg: dict, config: dict):
@@ -199,7 +271,7 @@ def provenance(overrides: list[str] | None = None) -> dict[str, Any]:
             packages[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    commit, dirty = _git_state(Path(__file__).resolve().parent)
+    commit, dirty = _git_state(PACKAGE)
     return {
         "git_commit": commit,
         "git_dirty": dirty,

@@ -146,23 +146,35 @@ def plot_navigation_paths(paths: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def run_figures(run_dir: Path, learner, sampler, cfg) -> dict[str, Path]:
-    """Figures written at the end of a run; returned by name for the logger."""
-    figures = {}
-    curve = learning_curve(run_dir)
-    if curve:
-        figures["learning_curve"] = curve
-    if sampler.name == "sinusoid":
+class LearningCurve:
+    """A run's figure: ``learning_curve.png`` (see :func:`learning_curve`); nothing when nothing was logged."""
+
+    def __call__(self, run_dir: Path, learner, sampler) -> Path | None:
+        return learning_curve(run_dir)
+
+
+class SinusoidFit:
+    """A sinusoid run's figure: ``sinusoid_fit.png`` and the numbers behind it, ``sinusoid_fit.json``."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+
+    def __call__(self, run_dir: Path, learner, sampler) -> Path:
         fit = sinusoid_fit(learner, sampler)
         (run_dir / "sinusoid_fit.json").write_text(json.dumps(fit))
-        figures["sinusoid_fit"] = plot_sinusoid_fits(
-            {f"{cfg.algorithm.name}, K={cfg.shots}": fit}, run_dir / "sinusoid_fit.png"
-        )
-    if sampler.name == "navigation2d":
-        paths = navigation_paths(learner, sampler, steps=min(3, cfg.test_inner_steps))
+        return plot_sinusoid_fits({self.title: fit}, run_dir / "sinusoid_fit.png")
+
+
+class Trajectories:
+    """A 2D navigation run's figure: ``trajectories.png`` and the paths behind it, ``trajectories.json``."""
+
+    def __init__(self, title: str, steps: int = 3) -> None:
+        self.title, self.steps = title, min(3, steps)
+
+    def __call__(self, run_dir: Path, learner, sampler) -> Path:
+        paths = navigation_paths(learner, sampler, steps=self.steps)
         (run_dir / "trajectories.json").write_text(json.dumps(paths))
-        figures["trajectories"] = plot_navigation_paths({cfg.algorithm.name: paths}, run_dir / "trajectories.png")
-    return figures
+        return plot_navigation_paths({self.title: paths}, run_dir / "trajectories.png")
 
 
 # -- sweeps ---------------------------------------------------------------------------------
@@ -292,16 +304,11 @@ def table1(sweep_dir: Path) -> pd.DataFrame:
                 "wall_s": group["train/wall_s"].mean(),
             }
         )
+    if not rows:
+        return pd.DataFrame(rows)
     order = {c: i for i, c in enumerate(paper.TABLE1)}
-    return (
-        pd.DataFrame(rows).sort_values(
-            ["cell", "algorithm"],
-            key=lambda c: c.map(order) if c.name == "cell" else c,
-            ascending=[True, False],
-        )
-        if rows
-        else pd.DataFrame(rows)
-    )
+    table = pd.DataFrame(rows).assign(order=lambda t: t["cell"].map(order))
+    return table.sort_values(["order", "algorithm"], ascending=[True, False]).drop(columns="order")
 
 
 def table1_report(sweep_dir: Path, out_dir: Path) -> list[Path]:

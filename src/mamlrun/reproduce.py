@@ -13,9 +13,10 @@ provenance) to ``results/<table>/``.
 
 ``--cells`` picks cells by name or prefix (``omniglot`` = every Omniglot cell, ``omniglot_5w1s``
 one cell). Overrides (``meta_iterations=2000``, ``++dataset.root=...``) reach every run.
-``--quick`` runs the same cells with a few meta-iterations and small task batches to prove the
-plumbing, on the small official Omniglot sets wherever they are found when the full release is
-absent, and reports to ``outputs/reports_quick`` (never to ``results/``).
+``--quick`` runs the same cells with ``debug=quick`` (a few meta-iterations and small task batches,
+``conf/debug/quick.yaml``) to prove the plumbing, on the small official Omniglot sets wherever they
+are found when the full release is absent, and reports to ``outputs/reports_quick`` (never to
+``results/``).
 """
 
 from __future__ import annotations
@@ -35,20 +36,8 @@ from mamlrun.files import write_json
 from mamlrun.paths import CONF_DIR, SWEEPS_DIR, data_candidates, small_omniglot
 from mamlrun.results import checkpoint_iteration, record_session
 
-# Enough to exercise every stage (train, validate, checkpoint, test, report) in seconds per cell.
-QUICK = [
-    "meta_iterations=6",
-    "meta_batch_size=2",
-    "train.log_every=3",
-    "train.val_every=3",
-    "train.val_tasks=4",
-    "train.checkpoint_every=3",
-    "eval.test_tasks=10",
-    "eval.batch_size=10",
-    "train.progress=false",
-    "hardware.strategy=batched",
-    "hardware.threads=1",
-]
+# A quick run: a few meta-iterations and small task batches (conf/debug/quick.yaml), the plumbing only.
+QUICK = ["debug=quick"]
 INTERRUPTED = 130  # a run's exit status after Ctrl-C (it left a resumable checkpoint)
 QUICK_JOBS = 2  # quick runs go two at a time (Hydra's joblib launcher), one thread each
 

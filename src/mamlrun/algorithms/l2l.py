@@ -1,8 +1,9 @@
 """The learn2learn backend: the same experiment, meta-gradients computed by learn2learn.
 
-``algorithm.backend=learn2learn`` swaps the engine's meta-gradient for learn2learn's
-``clone()`` / ``adapt()`` per task (``l2l.algorithms.MAML`` for maml and fomaml,
-``l2l.algorithms.MetaSGD`` for metasgd). Data, models, the training loop, logging and evaluation
+``algorithm=maml_l2l`` / ``fomaml_l2l`` / ``metasgd_l2l`` compute the meta-gradient with
+learn2learn's ``clone()`` / ``adapt()`` per task (``l2l.algorithms.MAML`` for MAML and first-order
+MAML, ``l2l.algorithms.MetaSGD`` for Meta-SGD): algorithms like any other, whose one changed hook
+is :meth:`~mamlrun.algorithms.base.Algorithm.meta_gradient`. Data, models, the training loop, logging and evaluation
 stay mamlrun's, so a run differs only in how the meta-gradient is computed; the parity tests show
 that both give the same meta-gradients. learn2learn is installed by ``make install-l2l``.
 
@@ -44,6 +45,7 @@ class _Learn2LearnGradient:
     """Mixin: the meta-gradient by learn2learn, one task at a time, as learn2learn's examples do."""
 
     strategy = "loop"  # evaluation, too, runs task by task
+    rl_form = False  # learn2learn's wrappers train supervised tasks here
 
     @classmethod
     def check_environment(cls) -> None:
@@ -87,19 +89,3 @@ class Learn2LearnMetaSGD(_Learn2LearnGradient, MetaSGD):
         # learn2learn keeps one step-size tensor per parameter in parameter order; make them ours.
         wrapper.lrs = nn.ParameterList([self.step_sizes[key(n)] for n, _ in model.named_parameters()])
         return wrapper
-
-
-BACKENDS = {
-    "mamlrun.algorithms.MAML": "mamlrun.algorithms.l2l.Learn2LearnMAML",
-    "mamlrun.algorithms.MetaSGD": "mamlrun.algorithms.l2l.Learn2LearnMetaSGD",
-}
-
-
-def learn2learn_target(target: str, algorithm: str) -> str:
-    """The learn2learn class standing in for ``target``; an error for algorithms learn2learn lacks."""
-    if target not in BACKENDS:
-        raise MamlrunError(
-            f"algorithm={algorithm} has no learn2learn backend (learn2learn provides MAML, first-order MAML "
-            "and Meta-SGD through clone/adapt); use algorithm.backend=func"
-        )
-    return BACKENDS[target]
