@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 results-table1 reproduce-rl-navigation reproduce-rl-locomotion clean
+.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ reproduce-table1: install  ## the paper's Table 1 on the data present, resumable
 
 results-table1: install  ## rebuild results/table1 from the runs in outputs/table1, testing unfinished runs from their best checkpoint
 	$(BIN)/python -m mamlrun.results table1 --evaluate $(ARGS)
+
+reproduce-algorithms: install  ## MAML++ and ANIL on the cells their papers report, resumable, into results/algorithms (CELLS=, ALGORITHMS=: a subset)
+	$(BIN)/python -m mamlrun.reproduce algorithms $(if $(CELLS),--cells $(CELLS)) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(ARGS)
+
+results-algorithms: install  ## rebuild results/algorithms (MAML++, ANIL beside their papers) from outputs/algorithms
+	$(BIN)/python -m mamlrun.results algorithms --evaluate $(ARGS)
 
 reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random) and trajectory plots (QUICK=1: plumbing only)
 	rm -rf outputs/multirun/rl_navigation2d$(SUFFIX)

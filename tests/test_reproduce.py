@@ -127,3 +127,20 @@ def test_a_resumed_run_may_move_its_data_and_change_hardware_but_not_its_recipe(
     assert _config_diff(old, new) == []
     new["dataset"]["ways"], new["inner_lr"] = 20, 0.1
     assert _config_diff(old, new) == ["dataset.ways", "inner_lr"]
+
+
+def test_the_algorithms_table_trains_each_algorithm_with_its_own_experiment_file(tmp_path):
+    from mamlrun.reproduce import algorithm_jobs
+
+    jobs = algorithm_jobs(tmp_path, ["seed=1"], "omniglot_20w", None)
+    assert [run.name for _, run in jobs] == [
+        "omniglot_20w1s__mamlpp",
+        "omniglot_20w1s__anil",
+        "omniglot_20w5s__mamlpp",
+        "omniglot_20w5s__anil",
+    ]
+    cmd, run = jobs[1]
+    assert cmd[1:] == [f"hydra.run.dir={run}", "experiment=anil_omniglot_20w1s", "seed=1"]
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    assert "resume=true" in algorithm_jobs(tmp_path, [], "omniglot_20w1s", "anil")[0][0]

@@ -1,7 +1,11 @@
 """``make reproduce-table1``: train every cell of a paper table on the data present, then report.
 
-Usage: ``python -m mamlrun.reproduce table1 [--quick] [--cells omniglot_5w1s,...] [--algorithms maml,...]
-[--runs DIR] [--out DIR] [override ...]``
+Usage: ``python -m mamlrun.reproduce {table1,algorithms} [--quick] [--cells omniglot_5w1s,...]
+[--algorithms maml,...] [--runs DIR] [--out DIR] [override ...]``
+
+``algorithms`` trains the algorithms built on the engine's hooks (MAML++, ANIL) on the cells their
+papers report (:data:`mamlrun.paper.ALGORITHMS`), each with its own experiment file
+(``experiment=<algorithm>_<cell>``), in ``outputs/algorithms/<cell>__<algorithm>``.
 
 The cells and algorithms come from the table's sweep file (``sweeps/table1.yaml``). Each cell is
 checked first (its dataset is built); cells whose data is missing are skipped with the reason, so
@@ -142,22 +146,38 @@ def train(cmd: list[str], run_dir: Path) -> int:
     return code
 
 
-def run_command(cell: str, algorithm: str, run_dir: Path, overrides: list[str]) -> list[str]:
+def run_command(experiment: str, algorithm: str | None, run_dir: Path, overrides: list[str]) -> list[str]:
     """The ``mamlrun`` command of one cell; it resumes when the run directory holds a checkpoint."""
     resume = ["resume=true"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
     return [
         str(Path(sys.executable).with_name("mamlrun")),
         f"hydra.run.dir={run_dir}",
-        f"experiment={cell}",
-        f"algorithm={algorithm}",
+        f"experiment={experiment}",
+        *([f"algorithm={algorithm}"] if algorithm else []),
         *resume,
         *overrides,
     ]
 
 
+def algorithm_jobs(runs_dir: Path, overrides: list[str], cells: str | None, algorithms: str | None):
+    """The (command, run directory) of every selected MAML++ / ANIL cell of :data:`mamlrun.paper.ALGORITHMS`."""
+    from mamlrun import paper
+
+    pairs = [(cell, algo) for cell, published in paper.ALGORITHMS.items() for algo in published]
+    chosen_cells = _selected(list(dict.fromkeys(c for c, _ in pairs)), cells, "cell")
+    chosen_algos = _selected(list(dict.fromkeys(a for _, a in pairs)), algorithms, "algorithm")
+    jobs = []
+    for cell, algo in pairs:
+        if cell in chosen_cells and algo in chosen_algos:
+            run_dir = runs_dir / f"{cell}__{algo}"
+            cmd = run_command(f"{algo}_{cell}", None, run_dir, overrides)
+            jobs.append((cmd, run_dir))
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mamlrun.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["table1"])
+    parser.add_argument("table", choices=["table1", "algorithms"])
     parser.add_argument("--quick", action="store_true", help="a few iterations per cell: the plumbing only")
     parser.add_argument("--cells", help="comma-separated cell names or prefixes (default: every cell)")
     parser.add_argument("--algorithms", help="comma-separated algorithms (default: the sweep file's)")
@@ -168,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs or Path(f"outputs/{args.table}{'_quick' if args.quick else ''}")
     out = args.out or (Path("outputs/reports_quick") if args.quick else Path("results") / args.table)
     overrides = [*(QUICK if args.quick else []), *args.overrides]
+    if args.table == "algorithms":
+        try:
+            jobs = algorithm_jobs(runs_dir, overrides, args.cells, args.algorithms)
+        except MamlrunError as exc:
+            print(f"mamlrun: error: {exc}", file=sys.stderr)
+            return 2
+        return finish(args, [train(cmd, run_dir) for cmd, run_dir in jobs], runs_dir, out, {})
     try:
         cells, skipped = plan(args.table, args.quick, overrides, args.cells)
         algorithms = _selected(_sweep_values(args.table, "algorithm", overrides), args.algorithms, "algorithm")
@@ -184,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             for algo in algorithms
         ]
         codes = [train(cmd, run_dir) for cmd, run_dir in jobs]
+    return finish(args, codes, runs_dir, out, skipped)
+
+
+def finish(args, codes: list[int], runs_dir: Path, out: Path, skipped: dict[str, str]) -> int:
+    """Record the skipped cells, report failures, then write the table."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_json(runs_dir / "skipped.json", skipped)
     if INTERRUPTED in codes:
