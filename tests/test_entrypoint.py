@@ -143,12 +143,13 @@ def test_no_name_dispatch_in_the_runner():
         assert ".name ==" not in text and '== "wandb"' not in text and "learn2learn_target" not in text, name
 
 
-@pytest.mark.xfail(
-    reason='src/mamlrun/assemble.py still asks `algorithm.name == "pretrain"` (build_run, owned by the engine)',
-    strict=False,
-)
 def test_no_name_dispatch_anywhere_in_src():
-    found = [str(p.relative_to(SRC)) for p in sorted(SRC.rglob("*.py")) if ".name ==" in p.read_text()]
+    """No module asks a component's name (``.name ==``) or a task's kind (``task_type``): classes and config decide."""
+    found = [
+        str(p.relative_to(SRC))
+        for p in sorted(SRC.rglob("*.py"))
+        if ".name ==" in p.read_text() or ".name !=" in p.read_text() or "task_type" in p.read_text()
+    ]
     assert found == []
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import textwrap
 
+import pytest
 import torch
 
 from mamlrun.algorithms import MAML
@@ -88,3 +90,31 @@ def test_schedule_group_composes():
     assert compose_config().schedule._target_ is None
     cfg = compose_config("schedule=cosine", "meta_iterations=123")
     assert cfg.schedule._target_.endswith("CosineAnnealingLR") and cfg.schedule.T_max == 123
+
+
+class Terminated(MetaLearner):
+    """A learner that sends this process SIGTERM during one meta-iteration (a session's end)."""
+
+    at = 3
+
+    def meta_gradient(self, batch):
+        if self.algorithm.iteration == self.at - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().meta_gradient(batch)
+
+
+def test_sigterm_checkpoints_the_iteration_and_the_run_resumes_exactly(tmp_path):
+    whole = sinusoid_trainer(tmp_path / "whole", 6, cosine=True)
+    whole.fit(MetricLogger(tmp_path / "whole"))
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = sinusoid_trainer(tmp_path / "stopped", 6, cosine=True)
+    stopped.learner.__class__ = Terminated
+    stopped.schedule.checkpoint_every = 0  # only the signal writes a checkpoint
+    with pytest.raises(KeyboardInterrupt, match="signal 15 at iteration 3"):
+        stopped.fit(MetricLogger(tmp_path / "stopped"))
+    assert signal.getsignal(signal.SIGTERM) == before  # the run's handler is gone with the run
+    resumed = sinusoid_trainer(tmp_path / "stopped", 6, cosine=True)
+    assert resumed.restore() and resumed.iteration == 3
+    resumed.fit(MetricLogger(tmp_path / "stopped"))
+    for a, b in zip(whole.learner.parameters(), resumed.learner.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -140,7 +141,13 @@ def train(cmd: list[str], run_dir: Path) -> int:
     """Run one cell's command and append the session (command, commit, hardware, wall time) to its ledger."""
     last = run_dir / "checkpoints" / "last.pt"  # where a resumed run starts (later log lines are redone)
     before, started = (checkpoint_iteration(last) or 0) if last.is_file() else 0, time.time()
-    code = subprocess.run(cmd).returncode
+    proc = subprocess.Popen(cmd)
+    # SIGTERM to this driver stops the run the way SIGTERM to the run does: checkpointed, resumable.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if run_dir.is_dir():
         record_session(run_dir, ["mamlrun", *cmd[1:]], started, time.time(), before, code)
     return code

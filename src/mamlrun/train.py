@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -202,6 +204,24 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, logger: MetricLogger) -> None:
+        """Meta-train to ``schedule.meta_iterations``.
+
+        SIGTERM (a scheduler's or a session's end, ``kill``) stops the run at the end of the current
+        iteration with a checkpoint of that iteration, then raises :class:`KeyboardInterrupt`
+        (the CLI's "interrupted; the resumable checkpoint is ..."): no work since the last
+        periodic checkpoint is lost, and ``resume=true`` continues exactly.
+        """
+        stop: list[int] = []
+        handler = None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+        try:
+            self._fit(logger, stop)
+        finally:
+            if handler is not None:
+                signal.signal(signal.SIGTERM, handler)
+
+    def _fit(self, logger: MetricLogger, stop: list[int]) -> None:
         s = self.schedule
         if self.iteration >= s.meta_iterations:
             return
@@ -239,8 +259,11 @@ class Trainer:
                 bar.set_postfix({shown: f"{stats[f'train/{shown}']:.4f}"})
             if due["val"]:
                 self.validate(logger)
-            if due["ckpt"] or self.iteration == s.meta_iterations:
+            if due["ckpt"] or self.iteration == s.meta_iterations or stop:
                 self.save()
+            if stop:
+                bar.close()
+                raise KeyboardInterrupt(f"stopped by signal {stop[0]} at iteration {self.iteration}")
         bar.close()
 
     def step(self, batch) -> dict[str, torch.Tensor]:
