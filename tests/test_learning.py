@@ -7,6 +7,7 @@ import torch
 
 from mamlrun.algorithms import MAML, Pretrain
 from mamlrun.data.sinusoid import SinusoidTasks
+from mamlrun.learner import MetaLearner
 from mamlrun.logging import MetricLogger
 from mamlrun.models import MLP
 from mamlrun.train import Schedule, Trainer
@@ -15,7 +16,7 @@ from mamlrun.train import Schedule, Trainer
 def train_sinusoid(cls, iterations: int, run_dir) -> dict[str, float]:
     torch.manual_seed(0)
     sampler = SinusoidTasks(shots=5, query_shots=5)
-    learner = cls(MLP((1,), 1), "regression", 0.01, 1, 10, strategy="batched")
+    learner = MetaLearner(MLP((1,), 1), cls(0.01, 1, 10), sampler, strategy="batched")
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     schedule = Schedule(meta_iterations=iterations, meta_batch_size=25, log_every=500, test_tasks=300)
     trainer = Trainer(learner, sampler, optimizer, schedule, run_dir, progress=False)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mamlrun.assemble import build_run
-from mamlrun.config import validate
 from mamlrun.data.cifarfs import CIFARFS
 from mamlrun.errors import MamlrunError
+from mamlrun.validation import validate
 from tests.conftest import compose_config
 from tests.data.conftest import tiny_cifarfs
 
