@@ -39,7 +39,7 @@ from mamlrun.config import build
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_json
 from mamlrun.paths import CONF_DIR, SWEEPS_DIR, data_candidates, small_omniglot
-from mamlrun.results import checkpoint_iteration, record_session
+from mamlrun.results import checkpoint_iteration, git_commit, record_session
 
 # A quick run: a few meta-iterations and small task batches (conf/debug/quick.yaml), the plumbing only.
 QUICK = ["debug=quick"]
@@ -141,6 +141,7 @@ def train(cmd: list[str], run_dir: Path) -> int:
     """Run one cell's command and append the session (command, commit, hardware, wall time) to its ledger."""
     last = run_dir / "checkpoints" / "last.pt"  # where a resumed run starts (later log lines are redone)
     before, started = (checkpoint_iteration(last) or 0) if last.is_file() else 0, time.time()
+    commit = git_commit()  # the code this session runs, whatever the checkout holds when it ends
     proc = subprocess.Popen(cmd)
     # SIGTERM to this driver stops the run the way SIGTERM to the run does: checkpointed, resumable.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
@@ -149,7 +150,7 @@ def train(cmd: list[str], run_dir: Path) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if run_dir.is_dir():
-        record_session(run_dir, ["mamlrun", *cmd[1:]], started, time.time(), before, code)
+        record_session(run_dir, ["mamlrun", *cmd[1:]], started, time.time(), before, code, commit)
     return code
 
 

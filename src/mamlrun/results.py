@@ -87,11 +87,16 @@ def last_iteration(run_dir: Path) -> int:
     return int(df["step"].max()) if "step" in df and len(df) else 0
 
 
-def record_session(run_dir: Path, command: list[str], started: float, ended: float, before: int, code: int) -> None:
-    """Append one training session of ``run_dir`` to its ledger (kept beside, not inside, the run)."""
+def record_session(
+    run_dir: Path, command: list[str], started: float, ended: float, before: int, code: int, commit: str | None = None
+) -> None:
+    """Append one training session of ``run_dir`` to its ledger (kept beside, not inside, the run).
+
+    ``commit``: the code the session ran, taken when it started (default: the checkout's now).
+    """
     entry = {
         "command": " ".join(command),
-        "commit": git_commit(),
+        "commit": commit or git_commit(),
         "hardware": hardware(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "wall_s": round(ended - started, 1),
@@ -190,7 +195,7 @@ def table1_rows(runs_dir: Path, evaluate: bool = False, table: str = "table1") -
             row: dict[str, Any] = {"cell": cell, "algorithm": algo, "paper": paper_acc, "paper_ci95": paper_ci}
             if not (run_dir / ".hydra").is_dir():
                 reason = skipped.get(cell) or missing_data(cell, reasons)
-                hint = f"make reproduce-table1 CELLS={cell}" if table == "table1" else f"experiment={algo}_{cell}"
+                hint = f"make reproduce-{table} CELLS={cell}" + ("" if table == "table1" else f" ALGORITHMS={algo}")
                 row["status"] = f"not run: {reason or f'not started ({hint})'}"
                 rows.append(row)
                 continue
