@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from mamlrun.algorithms.inner import expand
+
 Params = dict[str, torch.Tensor]
 LOG_2PI = math.log(2 * math.pi)
 
@@ -45,7 +47,7 @@ class GaussianMLP(nn.Module):
 
     def batched_params(self, tasks: int) -> Params:
         """The meta-parameters viewed once per task (differentiable back to them)."""
-        return {k: v.unsqueeze(0).expand(tasks, *v.shape) for k, v in self.named_parameters()}
+        return expand(dict(self.named_parameters()), tasks)
 
     def distribution(self, params: Params, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``[T, M, act]`` and log-std ``[T, 1, act]`` for per-task ``params`` and ``obs`` ``[T, M, obs]``."""
