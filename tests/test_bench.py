@@ -42,6 +42,8 @@ def test_bench_writes_interleaved_results_and_flops(tmp_path):
             "0",
             "--rl-repeats",
             "0",
+            "--algorithm-cases",
+            "sinusoid",
             "--out",
             str(out),
         ]
@@ -49,10 +51,14 @@ def test_bench_writes_interleaved_results_and_flops(tmp_path):
     assert code == 0
     report = json.loads(out.read_text())
     assert report["environment"]["peak_gflops"] > 0
-    rows = {r["implementation"]: r for r in report["results"]}
+    rows = {r["implementation"]: r for r in report["results"] if r["case"] == "sinusoid"}
     assert set(rows) == {"per-task loop", "mamlrun auto"}
     assert rows["mamlrun auto"]["strategy"] == "batched"
     # Paired rounds: every implementation timed in every round, FLOPs counted once and shared.
     assert rows["per-task loop"]["rounds"] == rows["mamlrun auto"]["rounds"] >= 3
     assert rows["per-task loop"]["gflop"] == rows["mamlrun auto"]["gflop"] > 0
     assert rows["mamlrun auto"]["max_grad_diff"] < 1e-5
+    # The algorithms' costs, each against second-order MAML timed in the same rounds.
+    costs = {r["implementation"]: r for r in report["results"] if r["case"] == "sinusoid_algorithms"}
+    assert set(costs) == set(bench.ALGORITHMS)
+    assert costs["MAML"]["time_vs_maml"] == 1.0 and all(r["ms"] > 0 for r in costs.values())

@@ -38,7 +38,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from mamlrun.algorithms import MAML
+from mamlrun.algorithms import ANIL, MAML, Algorithm, MAMLPlusPlus
 from mamlrun.data.tasks import TaskBatch
 from mamlrun.learner import MetaLearner
 from mamlrun.models import MLP, Conv4
@@ -137,16 +137,23 @@ class Impl:
 def _plain(model: nn.Module, step, learner=None) -> Impl:
     return Impl(
         step,
-        lambda: torch.cat([p.grad.flatten() for p in model.parameters()]).detach().cpu(),
+        lambda: (
+            torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
+            .detach()
+            .cpu()
+        ),
         lambda: model.zero_grad(set_to_none=True),
         learner,
     )
 
 
-def engine(strategy: str):
+def engine(strategy: str, algorithm: Callable[..., Algorithm] = MAML, **options):
+    """The engine with ``strategy`` running ``algorithm`` (built with the case's inner loop and ``options``)."""
+
     def make(model: nn.Module, case: Case) -> Impl:
-        learner = MetaLearner(model, MAML(case.inner_lr, case.inner_steps, case.inner_steps), case, strategy=strategy)
-        return _plain(model, learner.meta_gradient, learner)
+        hooks = algorithm(case.inner_lr, case.inner_steps, case.inner_steps, **options)
+        learner = MetaLearner(model, hooks, case, strategy=strategy)
+        return _plain(learner, learner.meta_gradient, learner)
 
     return make
 
@@ -271,6 +278,13 @@ IMPLEMENTATIONS: dict[str, Callable] = {
     "mamlrun auto": engine("auto"),
 }
 REFERENCE = "learn2learn"  # ratios are against it; without it installed, against the per-task loop
+# Algorithms on the engine (strategy auto), timed against second-order MAML on the same shapes.
+ALGORITHMS: dict[str, Callable] = {
+    "MAML": engine("auto"),
+    "first-order MAML": engine("auto", first_order=True),
+    "ANIL": engine("auto", ANIL),
+    "MAML++ (MSL, LSLR, BNRS/BNWB)": engine("auto", MAMLPlusPlus),
+}
 HEADLINE = "mamlrun auto"  # what a user gets by default
 TARGETS = {  # case -> the ratio against learn2learn the engine aims for
     "omniglot_5w1s": 3.0,
@@ -420,6 +434,31 @@ def run(
                     "device": str(device),
                     **{k: v for k, v in r.items() if k not in ("grad", "times")},
                     "times_ms": [t * 1e3 for t in r["times"]],
+                }
+            )
+    return rows
+
+
+def algorithm_costs(cases: list[str], device: torch.device, seconds: float) -> list[dict]:
+    """Milliseconds per meta-iteration of each algorithm against second-order MAML (interleaved rounds)."""
+    rows = []
+    for key in cases:
+        case = CASES[key]
+        print(f"\nalgorithms on {case.name}, {device}: ms per meta-iteration", flush=True)
+        results = measure(ALGORITHMS, case, device, seconds)
+        ref = results.get("MAML")
+        for name, r in results.items():
+            ratio = statistics.median(b / a for a, b in zip(ref["times"], r["times"])) if ref else float("nan")
+            print(f"  {name:<30} {r['ms']:9.1f} ms/it  {ratio:5.2f}x MAML's time", flush=True)
+            rows.append(
+                {
+                    "case": f"{key}_algorithms",
+                    "implementation": name,
+                    "device": str(device),
+                    "ms": r["ms"],
+                    "time_vs_maml": ratio,
+                    "rounds": r["rounds"],
+                    "peak_mib": r["peak_mib"],
                 }
             )
     return rows
@@ -628,6 +667,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--seconds", type=float, default=4.0, help="time budget per implementation and case")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/bench.json"))
+    parser.add_argument(
+        "--algorithm-cases",
+        default="omniglot_5w1s,omniglot_20w1s",
+        help="cases on which MAML, first-order MAML, ANIL and MAML++ are timed against each other ('': skip)",
+    )
     parser.add_argument("--e2e-iterations", type=int, default=10, help="end-to-end Omniglot iterations (0: skip)")
     parser.add_argument("--omniglot", type=Path, help="Omniglot folder for the end-to-end comparison")
     parser.add_argument("--rl-repeats", type=int, default=2, help="timed MAML-TRPO meta-updates (0: skip)")
@@ -654,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows += end_to_end(root, args.e2e_iterations, device)
     summary = headline(rows)
+    if args.algorithm_cases:
+        rows += algorithm_costs(args.algorithm_cases.split(","), device, args.seconds)
     if args.rl_repeats:
         from mamlrun.rl.bench import rl_update
 

@@ -85,6 +85,27 @@ def test_anil_body_gradient_is_second_order_through_the_head():
     assert (second[:body] - first[:body]).norm() > 1e-4 * second[:body].norm()
 
 
+@pytest.mark.parametrize("net", ["conv", "mlp"])
+def test_anil_batched_path_runs_the_body_once_per_set_and_matches_the_masked_maml(net):
+    """The cheap path (body once on support and query, head adapted on features) is taken and is exact."""
+    model, batch, kind = (
+        (conv(), classification_batch(), "classification")
+        if net == "conv"
+        else (
+            mlp(),
+            regression_batch(),
+            "regression",
+        )
+    )
+    fast = make(ANIL, model, kind, steps=3, strategy="batched")
+    calls = []
+    body = fast.algorithm.body
+    fast.algorithm.body = lambda p, x: calls.append(x.shape) or body(p, x)
+    masked = make(ANIL, model, kind, steps=3, strategy="vmap")  # MAML's computation, the body's update masked
+    torch.testing.assert_close(meta_grad(fast, batch), meta_grad(masked, batch), rtol=1e-9, atol=1e-12)
+    assert calls == [batch.x_support.shape, batch.x_query.shape]
+
+
 # -- MAML++ ----------------------------------------------------------------------------------------
 def test_msl_weights_sum_to_one_and_anneal_to_the_last_step():
     previous = None

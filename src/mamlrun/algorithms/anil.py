@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import torch
 from torch import nn
 
 from mamlrun.algorithms.base import Algorithm
+from mamlrun.algorithms.inner import batched_gradients, expand, inner_loop
 from mamlrun.errors import MamlrunError
+from mamlrun.models.batched import layer_forward, linear_head
+
+if TYPE_CHECKING:
+    from mamlrun.data.tasks import TaskBatch
+    from mamlrun.learner import MetaLearner
 
 
 class ANIL(Algorithm):
@@ -14,6 +23,13 @@ class ANIL(Algorithm):
     The body gets no inner-loop update, and its meta-gradient flows through the head's
     adaptation (the head's inner gradient depends on the body's features), exactly to second
     order unless ``first_order``.
+
+    With the ``batched`` strategy and a linear head at the end of the network
+    (:func:`~mamlrun.models.batched.linear_head`: the conv nets, the MLPs), the meta-objective
+    runs the body once on the support and once on the query images and adapts the head on those
+    features: every inner step costs a linear layer, and the meta-gradient is one backward pass
+    through the body (the same value as MAML's computation with the body's update masked out,
+    which the other strategies run).
 
     Args:
         head: the module whose parameters adapt (``None``: the module holding the network's last
@@ -31,6 +47,9 @@ class ANIL(Algorithm):
         super().__init__(*args, **kwargs)
         self.head = head
         self.head_names: list[str] = []
+        self.body = None
+        self.head_module: nn.Module | None = None
+        self.prefix = ""
 
     def setup(self, model: nn.Module) -> None:
         names = [n for n, _ in model.named_parameters()]
@@ -38,6 +57,27 @@ class ANIL(Algorithm):
         self.head_names = [n for n in names if n.startswith(f"{head}.")]
         if not self.head_names:
             raise MamlrunError(f"algorithm.head={head!r} names no module with parameters in {type(model).__name__}")
+        self.body = linear_head(model, head)
+        self.head_module = model.get_submodule(head) if self.body is not None else None
+        self.prefix = f"{head}."
 
     def adapts(self, names: list[str]) -> list[str]:
         return self.head_names
+
+    def meta_loss(self, learner: MetaLearner, batch: TaskBatch) -> tuple[torch.Tensor, ...]:
+        """The query statistics after adapting the head on the body's features (see the class)."""
+        if self.body is None or learner.chosen_strategy != "batched" or self.step_weights() is not None:
+            return super().meta_loss(learner, batch)
+        meta = expand(learner.meta_params(), batch.num_tasks)
+        support, query = self.body(meta, batch.x_support), self.body(meta, batch.x_query)
+        objective = learner.objective
+        heads = {n: meta[n] for n in self.head_names}
+        gradients = batched_gradients(
+            lambda p, step: objective.task_losses(self.head_forward(p, support), batch.y_support)
+        )
+        adapted = inner_loop(heads, gradients, self.train_inner_steps, self.step_size, None, self.use_first_order())[-1]
+        return objective.task_stats(self.head_forward(adapted, query), batch.y_query)
+
+    def head_forward(self, params: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        """Every task's head outputs on its features ``[tasks, n, features]``."""
+        return layer_forward(self.head_module, params, features, self.prefix)

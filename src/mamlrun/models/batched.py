@@ -19,6 +19,7 @@ Models built from the supported layers (``nn.Sequential`` of ``Linear``, ``Conv2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -72,6 +73,31 @@ def batched_forward(model: nn.Module, params: dict[str, torch.Tensor], x: torch.
     if hasattr(model, "batched_forward"):
         return model.batched_forward(params, x)
     return tasks_first(sequential(model, params, x, ""))
+
+
+def linear_head(model: nn.Module, head: str) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor] | None:
+    """The body of ``model`` below its final linear module ``head``, as a batched function.
+
+    Returns ``body(params, x) -> [tasks, n, features]``, every task's input to ``head`` (so that
+    ``layer_forward(head_module, params, body(params, x), head + ".")`` is :func:`batched_forward`),
+    or ``None`` when ``head`` is not a final ``nn.Linear`` that :func:`batched_forward` reaches last:
+    a model defining ``batched_features`` with a linear ``head``, or a supported ``nn.Sequential``
+    ending in it.
+    """
+    if hasattr(model, "batched_features"):
+        return model.batched_features if isinstance(getattr(model, head, None), nn.Linear) else None
+    if not (isinstance(model, nn.Sequential) and supports(model)):
+        return None
+    children = list(model.named_children())
+    if not children or children[-1][0] != head or not isinstance(children[-1][1], nn.Linear):
+        return None
+
+    def body(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        for name, layer in children[:-1]:
+            x = layer_forward(layer, params, x, f"{name}.")
+        return tasks_first(x)
+
+    return body
 
 
 def tasks_first(x: torch.Tensor | Grouped) -> torch.Tensor:

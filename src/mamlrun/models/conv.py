@@ -67,11 +67,15 @@ class Conv4(nn.Module):
 
     def batched_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """One parameter set per task (see :mod:`mamlrun.models.batched`)."""
-        from mamlrun.models.batched import Grouped, layer_forward, sequential, tasks_first
+        from mamlrun.models.batched import layer_forward
+
+        return layer_forward(self.head, params, self.batched_features(params, x), "head.")
+
+    def batched_features(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Every task's input to the head, ``[tasks, n, head features]`` (the body of ANIL)."""
+        from mamlrun.models.batched import Grouped, sequential, tasks_first
 
         h = sequential(self.features, params, x, "features.")
         if self.pool == "stride":
-            h = h.channel_means() if isinstance(h, Grouped) else h.mean(dim=(3, 4))
-        else:
-            h = tasks_first(h).flatten(2)
-        return layer_forward(self.head, params, h, "head.")
+            return h.channel_means() if isinstance(h, Grouped) else h.mean(dim=(3, 4))
+        return tasks_first(h).flatten(2)
