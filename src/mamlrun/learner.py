@@ -137,9 +137,9 @@ class MetaLearner(nn.Module):
         Returns ``loss`` (and ``acc`` for classification) of shape ``[steps + 1, tasks]``.
         """
         steps = self.test_inner_steps if steps is None else steps
+        self.chosen_strategy = self.strategy_name
         with torch.no_grad():
-            trajectory = self._adaptation(batch, steps)
-            out = [self.query_stats(p, k, batch.x_query, batch.y_query) for k, p in enumerate(trajectory)]
+            out = self.algorithm.evaluate(self, batch, steps)
         return {name: torch.stack([o[i] for o in out]) for i, name in enumerate(self.stat_names)}
 
     def predictions(self, batch: TaskBatch, steps: int) -> torch.Tensor:

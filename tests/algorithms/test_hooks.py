@@ -104,6 +104,12 @@ def test_anil_batched_path_runs_the_body_once_per_set_and_matches_the_masked_mam
     masked = make(ANIL, model, kind, steps=3, strategy="vmap")  # MAML's computation, the body's update masked
     torch.testing.assert_close(meta_grad(fast, batch), meta_grad(masked, batch), rtol=1e-9, atol=1e-12)
     assert calls == [batch.x_support.shape, batch.x_query.shape]
+    # Evaluation (statistics after 0..4 steps) takes the same path, with the same values.
+    fast_eval, masked_eval = fast.evaluate(batch, steps=4), masked.evaluate(batch, steps=4)
+    assert len(calls) == 4 and set(fast_eval) == set(masked_eval) == set(fast.stat_names)
+    for name in fast_eval:
+        assert fast_eval[name].shape == (5, batch.num_tasks)
+        torch.testing.assert_close(fast_eval[name], masked_eval[name], rtol=1e-9, atol=1e-12)
 
 
 # -- MAML++ ----------------------------------------------------------------------------------------

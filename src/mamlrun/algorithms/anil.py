@@ -64,19 +64,35 @@ class ANIL(Algorithm):
     def adapts(self, names: list[str]) -> list[str]:
         return self.head_names
 
-    def meta_loss(self, learner: MetaLearner, batch: TaskBatch) -> tuple[torch.Tensor, ...]:
-        """The query statistics after adapting the head on the body's features (see the class)."""
-        if self.body is None or learner.chosen_strategy != "batched" or self.step_weights() is not None:
-            return super().meta_loss(learner, batch)
+    def fast(self, learner: MetaLearner) -> bool:
+        """Whether the head adapts on the body's features (the ``batched`` strategy, a linear head)."""
+        return self.body is not None and learner.chosen_strategy == "batched" and self.step_weights() is None
+
+    def head_trajectory(
+        self, learner: MetaLearner, batch: TaskBatch, steps: int, first_order: bool, every: bool = True
+    ) -> list[tuple[torch.Tensor, ...]]:
+        """Query statistics after 0..steps head updates (``every=False``: the last only) on the body's features."""
         meta = expand(learner.meta_params(), batch.num_tasks)
         support, query = self.body(meta, batch.x_support), self.body(meta, batch.x_query)
         objective = learner.objective
-        heads = {n: meta[n] for n in self.head_names}
         gradients = batched_gradients(
             lambda p, step: objective.task_losses(self.head_forward(p, support), batch.y_support)
         )
-        adapted = inner_loop(heads, gradients, self.train_inner_steps, self.step_size, None, self.use_first_order())[-1]
-        return objective.task_stats(self.head_forward(adapted, query), batch.y_query)
+        heads = {n: meta[n] for n in self.head_names}
+        trajectory = inner_loop(heads, gradients, steps, self.step_size, None, first_order)
+        trajectory = trajectory if every else trajectory[-1:]
+        return [objective.task_stats(self.head_forward(p, query), batch.y_query) for p in trajectory]
+
+    def meta_loss(self, learner: MetaLearner, batch: TaskBatch) -> tuple[torch.Tensor, ...]:
+        """The query statistics after adapting the head on the body's features (see the class)."""
+        if not self.fast(learner):
+            return super().meta_loss(learner, batch)
+        return self.head_trajectory(learner, batch, self.train_inner_steps, self.use_first_order(), every=False)[-1]
+
+    def evaluate(self, learner: MetaLearner, batch: TaskBatch, steps: int) -> list[tuple[torch.Tensor, ...]]:
+        if not self.fast(learner):
+            return super().evaluate(learner, batch, steps)
+        return self.head_trajectory(learner, batch, steps, first_order=True)
 
     def head_forward(self, params: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
         """Every task's head outputs on its features ``[tasks, n, features]``."""

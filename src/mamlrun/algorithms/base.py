@@ -115,6 +115,11 @@ class Algorithm(nn.Module):
         loss = sum(w * stats[0] for w, stats in zip(weights, per_step))
         return (loss, *per_step[-1][1:])
 
+    def evaluate(self, learner: MetaLearner, batch: TaskBatch, steps: int) -> list[tuple[torch.Tensor, ...]]:
+        """Per-task query statistics after 0..steps inner updates on the support set (first order)."""
+        trajectory = learner.adapt(batch.x_support, batch.y_support, steps, first_order=True)
+        return [learner.query_stats(p, k, batch.x_query, batch.y_query) for k, p in enumerate(trajectory)]
+
     def meta_gradient(self, learner: MetaLearner, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Accumulate the meta-gradient of ``batch`` into ``.grad``; return detached statistics."""
         return learner.accumulate(lambda chunk: self.meta_loss(learner, chunk), batch)
