@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mamlrun import rundirs
+from mamlrun import parallel, rundirs
 from mamlrun.errors import MamlrunError
 from mamlrun.paths import CONF_DIR
 from mamlrun.validation import claim_run_dir, plan
@@ -47,7 +47,12 @@ def _hydra_entry(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         error(interrupted(run_dir))
         code = INTERRUPTED
-    if not cfg.get("resume"):
+    except Exception as exc:
+        if not parallel.peer_failed(exc):
+            raise
+        error(parallel.peer_failed(exc))
+        code = INVALID
+    if parallel.rank() == 0 and not cfg.get("resume"):
         rundirs.discard_if_unused(run_dir)
     sys.exit(code)
 
@@ -55,10 +60,15 @@ def _hydra_entry(cfg: DictConfig) -> float:
 def main() -> None:
     """Console-script entry point."""
     claimed = created = None
+    parallel.adopt_slurm_environment()
     try:
         job = plan(sys.argv[1:])
         argv = job.argv
-        if not job.info:
+        if job.info:
+            pass
+        elif parallel.distributed():
+            argv = argv + parallel.join(job, sys.argv[1:])
+        else:
             claimed, created, extra = claim_run_dir(job)
             argv = argv + extra
     except MamlrunError as exc:
@@ -73,7 +83,4 @@ def main() -> None:
     finally:
         if claimed is not None and not job.resume:
             rundirs.discard_if_unused(claimed, created)
-
-
-if __name__ == "__main__":
-    main()
+        parallel.shutdown()

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
+from mamlrun.parallel import rank
 from mamlrun.paths import PACKAGE
 
 # The packages whose versions decide a run's numbers (those installed are recorded).
@@ -33,15 +34,6 @@ PACKAGES = ("mamlrun", "torch", "numpy", "hydra-core", "omegaconf", "learn2learn
 WANDB_MODES = ("offline", "online", "disabled")
 WANDB_URL = "https://api.wandb.ai"
 CONNECT_TIMEOUT_S = 5.0
-
-
-def rank() -> int:
-    """This process's rank under torchrun (0 when not distributed)."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def to_python(value: Any) -> Any:

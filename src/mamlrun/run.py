@@ -16,11 +16,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mamlrun import parallel
 from mamlrun.assemble import build_optimizer, build_run
 from mamlrun.config import build, select_device, torch_dtype
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
-from mamlrun.logging import MetricLogger, RunInfo, provenance, rank, record_provenance
+from mamlrun.logging import MetricLogger, RunInfo, provenance, record_provenance
+from mamlrun.parallel import rank
 from mamlrun.validation import validate
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ def execute(cfg: DictConfig) -> float:
     validate(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    device = select_device(cfg.hardware.device)
+    device = parallel.device(select_device(cfg.hardware.device))
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
     dtype = torch_dtype(cfg.hardware.dtype)

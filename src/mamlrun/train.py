@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mamlrun import parallel
 from mamlrun.data.tasks import TaskSampler
 from mamlrun.errors import MamlrunError
 from mamlrun.files import save_torch
-from mamlrun.logging import MetricLogger, rank
+from mamlrun.logging import MetricLogger
+from mamlrun.parallel import rank
 
 # Validation and test tasks come from their own seeded streams, so every validation sees the
 # same tasks and test tasks never depend on how long training ran.
@@ -79,8 +81,9 @@ def evaluate(
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, num_tasks, batch_size):
         batch = sampler.sample(min(batch_size, num_tasks - start), split, gen)
-        for name, values in learner.evaluate(batch, steps).items():
-            parts.setdefault(name, []).append(values.double().cpu())
+        # Distributed: every rank draws the batch, evaluates its share, and gathers the others'.
+        for name, values in learner.evaluate(own_share(batch), steps).items():
+            parts.setdefault(name, []).append(parallel.gather_tasks(values.double(), batch.num_tasks).cpu())
     renamed = learner.objective.eval_names
     results = {renamed.get(k, k): torch.cat(v, dim=1) for k, v in parts.items()}
     metrics: dict[str, float] = {}
@@ -91,6 +94,11 @@ def evaluate(
         metrics[f"{split}/{name}_mean"] = per_step[-1].mean().item()
         metrics[f"{split}/{name}_ci95"] = ci95(per_step[-1])
     return metrics
+
+
+def own_share(batch):
+    """This rank's contiguous share of a batch's tasks (the whole batch in a single process)."""
+    return batch.part(parallel.share(batch.num_tasks)) if parallel.distributed() else batch
 
 
 def objective_key(learner, split: str) -> tuple[str, bool]:
@@ -149,18 +157,19 @@ class Trainer:
     def save(self, name: str = "last.pt") -> Path:
         """Write a checkpoint atomically; a diverged run stops here instead of writing non-finite numbers."""
         path = self.ckpt_dir / name
-        if rank() != 0:
-            return path
         self.check_finite()
         state = (
             self.state()
             if name == "last.pt"
             else {"learner": self.learner.state_dict(), "config": self.config, "iteration": self.iteration}
         )
+        # Every rank holds the same parameters: all of them check, rank 0 alone writes.
         if not all_finite([state["learner"], state.get("optimizer")]):
             raise self.diverged(f"non-finite parameters at iteration {self.iteration}")
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_torch(state, path)
+        if rank() == 0:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            save_torch(state, path)
+        parallel.barrier()  # the others may read it next (test() loads best.pt)
         return path
 
     def restore(self) -> bool:
@@ -238,7 +247,7 @@ class Trainer:
         started, start_iteration = time.perf_counter(), self.iteration
         while self.iteration < s.meta_iterations:
             batch = self.sampler.sample(s.meta_batch_size, "train", self.generator)
-            window.append(self.step(batch))
+            window.append(self.step(own_share(batch)))
             self.iteration += 1
             self.track_finite(window[-1])
             bar.update(1)
@@ -259,11 +268,14 @@ class Trainer:
                 bar.set_postfix({shown: f"{stats[f'train/{shown}']:.4f}"})
             if due["val"]:
                 self.validate(logger)
-            if due["ckpt"] or self.iteration == s.meta_iterations or stop:
+            # All ranks stop at the same iteration, whichever got the signal.
+            stopping = parallel.any_rank(bool(stop))
+            if due["ckpt"] or self.iteration == s.meta_iterations or stopping:
                 self.save()
-            if stop:
+            if stopping:
                 bar.close()
-                raise KeyboardInterrupt(f"stopped by signal {stop[0]} at iteration {self.iteration}")
+                by = f"signal {stop[0]}" if stop else "a signal to another rank"
+                raise KeyboardInterrupt(f"stopped by {by} at iteration {self.iteration}")
         bar.close()
 
     def step(self, batch) -> dict[str, torch.Tensor]:
@@ -271,6 +283,9 @@ class Trainer:
         self.learner.start_iteration(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         stats = self.learner.meta_gradient(batch)
+        # Distributed: the mean of the ranks' meta-gradients, the meta-batch's (equal shares).
+        parallel.average_gradients(self.learner)
+        stats = parallel.average(stats)
         update = self.optimizer.step(*self.learner.step_args())
         if isinstance(update, Mapping):  # an optimizer that reports its step (TRPO)
             stats = {**stats, **{k: torch.tensor(float(v)) for k, v in update.items()}}

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from mamlrun import rundirs
 from mamlrun.config import META_KEYS, select_device
 from mamlrun.errors import MamlrunError
-from mamlrun.logging import world_size
+from mamlrun.parallel import world_size
 from mamlrun.paths import CONF_DIR
 
 # Flags after which Hydra only prints information: leave those to Hydra itself.

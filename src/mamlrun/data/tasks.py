@@ -37,6 +37,10 @@ class TaskBatch:
         parts = [t.split(size) for t in (self.x_support, self.y_support, self.x_query, self.y_query)]
         return [TaskBatch(*p) for p in zip(*parts)]
 
+    def part(self, tasks: slice) -> TaskBatch:
+        """The tasks ``tasks`` of the batch (a view)."""
+        return TaskBatch(self.x_support[tasks], self.y_support[tasks], self.x_query[tasks], self.y_query[tasks])
+
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> TaskBatch:
         """Cast inputs (and regression targets) to ``dtype``; class labels stay integer."""
 
