@@ -34,9 +34,12 @@ RUN = ["dataset=sinusoid", "meta_batch_size=4", "meta_iterations=6", "train.log_
 ALGORITHMS = ["maml", "reptile", "metasgd", "mamlpp"]
 
 
-def trainer(run_dir: Path, *overrides: str) -> Trainer:
+RL = ["experiment=rl_navigation2d", "meta_batch_size=4", "shots=3", "meta_iterations=2", "train.val_every=0"]
+
+
+def trainer(run_dir: Path, *overrides: str, base: list[str] = RUN) -> Trainer:
     """A run built from its composed config the way ``mamlrun`` builds it, in float64."""
-    cfg = compose_config(*RUN, "train.checkpoint_every=1", *overrides)
+    cfg = compose_config(*base, "train.checkpoint_every=1", *overrides)
     torch.manual_seed(cfg.seed)
     sampler, learner = build_run(cfg, "cpu", torch.float64)
     optimizer, lr_schedule = build_optimizer(cfg, learner)
@@ -53,6 +56,14 @@ def train(run_dir: Path, algorithm: str) -> dict[str, torch.Tensor]:
     t.fit(MetricLogger())
     metrics = evaluate(t.learner, t.sampler, "val", 5, VAL_STREAM, batch_size=5)
     return {"params": flat(t.learner), "val": torch.tensor([metrics[k] for k in sorted(metrics)])}
+
+
+def train_rl(run_dir: Path) -> dict[str, torch.Tensor]:
+    """MAML-TRPO: parameters after 2 meta-updates, and returns after 0..3 steps on 3 test tasks."""
+    t = trainer(run_dir, base=RL)
+    t.fit(MetricLogger())
+    metrics = evaluate(t.learner, t.sampler, "test", 3, VAL_STREAM, batch_size=3)
+    return {"params": flat(t.learner), "test": torch.tensor([metrics[k] for k in sorted(metrics)])}
 
 
 class SignalledOnRankOne(Trainer):
@@ -89,6 +100,8 @@ def _worker(rank: int, port: int, root: str, job: str) -> None:
             for name in ALGORITHMS:
                 for key, value in train(Path(root) / f"{name}_ranks", name).items():
                     out[f"{name}/{key}"] = value
+        elif job == "rl":
+            out = train_rl(Path(root) / "rl_ranks")
         elif job == "resume":
             out = stopped_and_resumed(Path(root) / "resumed")
         elif job == "commands":
@@ -135,6 +148,18 @@ def test_two_ranks_train_and_validate_like_one_process(tmp_path):
         assert not torch.equal(single["params"], flat(trainer(tmp_path / "init", f"algorithm={name}").learner))
     # Rank 0 alone writes checkpoints.
     assert (tmp_path / "maml_ranks" / "checkpoints" / "last.pt").is_file()
+
+
+def test_two_ranks_take_the_single_process_maml_trpo_step(tmp_path):
+    """Rollouts of a task are the same on any rank; surrogate, KL and curvature products are all-reduced."""
+    ranks = spawn(tmp_path, "rl")
+    single = train_rl(tmp_path / "rl_single")
+    assert not torch.equal(single["params"], flat(trainer(tmp_path / "init", base=RL).learner))
+    for r in ranks:
+        # Sums over tasks add in another order on two ranks (~1e-16 relative); TRPO's conjugate-gradient
+        # solve amplifies that by the Fisher matrix's conditioning, to ~1e-10 absolute in the step.
+        torch.testing.assert_close(r["params"], single["params"], rtol=0, atol=1e-8)
+        torch.testing.assert_close(r["test"], single["test"], rtol=1e-6, atol=1e-8)  # returns after that step
 
 
 def test_a_signal_to_one_rank_stops_all_at_the_same_iteration_and_the_run_resumes_exactly(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mamlrun.rl import Navigation2D, ant, half_cheetah
+from mamlrun.rl.envs import Draws
 
 
 def scripted_actor(actions: torch.Tensor):
@@ -68,7 +69,7 @@ def test_navigation_batched_rollout_equals_single_env_stepping(normalized):
     actions = 0.08 * torch.randn(30, 3, 4, 2, generator=gen, dtype=torch.float64) / scale
     actions[:, 0, 0] = torch.tensor([0.03, 0.01]) / scale
     act, _ = scripted_actor(actions)
-    episodes = tasks.rollout(act, goals, 4, gen)
+    episodes = tasks.rollout(act, goals, 4, Draws(gen))
     assert episodes.obs.shape == (3, 4, 30, 2) and episodes.rewards.shape == (3, 4, 30)
     assert episodes.mask[0, 0].sum() < 30  # terminated
     env = tasks.make_env()
@@ -111,7 +112,7 @@ def test_locomotion_batched_rollout_equals_single_env_stepping():
     actions = torch.randn(15, 2, 2, tasks.act_dim, generator=gen)
     act, _ = scripted_actor(actions)
     seeds_gen = torch.Generator().manual_seed(7)
-    episodes = tasks.rollout(act, batch.goals, 2, seeds_gen)
+    episodes = tasks.rollout(act, batch.goals, 2, Draws(seeds_gen))
     seeds = torch.randint(2**31 - 1, (4,), generator=torch.Generator().manual_seed(7)).tolist()
     for i in range(2):
         for j in range(2):
@@ -137,7 +138,7 @@ def test_ant_episodes_stop_when_the_ant_falls():
     gen = torch.Generator().manual_seed(0)
     # Violent random actions flip the ant over (its torso leaves the healthy height range) within 200 steps.
     episodes = tasks.rollout(
-        lambda obs: 20 * torch.randn(*obs.shape[:2], tasks.act_dim, generator=gen), torch.ones(1, 1), 3, gen
+        lambda obs: 20 * torch.randn(*obs.shape[:2], tasks.act_dim, generator=gen), torch.ones(1, 1), 3, Draws(gen)
     )
     lengths = episodes.lengths
     assert (lengths < 200).any()

@@ -1,7 +1,7 @@
 """Meta-RL task distributions: 2D navigation and MuJoCo locomotion, on gymnasium's current API.
 
 A task distribution samples a meta-batch of tasks (goals) and rolls a policy out on all of them at
-once: ``rollout(act, goals, trajectories, generator)`` steps ``tasks x trajectories`` episodes
+once: ``rollout(act, goals, trajectories, draws)`` steps ``tasks x trajectories`` episodes
 together and calls ``act`` once per time step with every observation ``[tasks, trajectories, obs]``.
 Each one also exists as a single ``gymnasium.Env`` (``make_env``) with the same dynamics and rewards.
 """
@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from mamlrun import parallel
 from mamlrun.errors import MamlrunError
 from mamlrun.objectives import Return
 from mamlrun.rl.episodes import Episodes
@@ -25,14 +26,56 @@ Actor = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class EnvTaskBatch:
-    """A meta-batch of RL tasks: one goal per task, and the seed of its rollouts' randomness."""
+    """A meta-batch of RL tasks: one goal per task, and the seed of its rollouts' randomness.
+
+    A data-parallel rank holds a share of a meta-batch (:meth:`part`): the tasks from ``start`` on
+    of ``whole`` tasks, whose random numbers it draws as the whole meta-batch would (:class:`Draws`).
+    """
 
     goals: torch.Tensor  # [tasks, goal_dim]
     seed: int
+    start: int = 0
+    whole: int | None = None  # tasks of the meta-batch this is a share of (None: this is all of it)
 
     @property
     def num_tasks(self) -> int:
         return self.goals.shape[0]
+
+    def part(self, tasks: slice) -> EnvTaskBatch:
+        """The tasks ``tasks`` of the batch, drawing their random numbers as the whole batch does."""
+        return EnvTaskBatch(self.goals[tasks], self.seed, self.start + tasks.start, self.whole or self.num_tasks)
+
+    def draws(self) -> Draws:
+        """A fresh source of the rollouts' random numbers (seeded by the batch)."""
+        generator = torch.Generator(device=self.goals.device).manual_seed(self.seed)
+        return Draws(generator, self.start, self.whole)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Random numbers for a batch's rollouts, drawn for the whole meta-batch and cut to its own tasks.
+
+    A task's actions and resets are then the same whichever rank of a data-parallel run samples it,
+    and the same as in a single process (where the cut is everything).
+    """
+
+    generator: torch.Generator
+    start: int = 0
+    whole: int | None = None
+
+    def _cut(self, draw: Callable[[int], torch.Tensor], tasks: int) -> torch.Tensor:
+        return draw(self.whole or tasks)[self.start : self.start + tasks]
+
+    def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normal numbers ``[tasks, ...]`` (``shape[0]`` tasks)."""
+        g = self.generator
+        return self._cut(lambda n: torch.randn((n, *shape[1:]), generator=g, device=g.device), shape[0])
+
+    def integers(self, high: int, tasks: int, per_task: int) -> list[int]:
+        """``tasks * per_task`` integers in ``[0, high)``, task-major."""
+        g = self.generator
+        draw = lambda n: torch.randint(high, (n * per_task,), generator=g, device=g.device).view(n, per_task)  # noqa: E731
+        return self._cut(draw, tasks).flatten().tolist()
 
 
 class EnvTasks:
@@ -72,7 +115,7 @@ class EnvTasks:
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device).item())
         return EnvTaskBatch(goals, seed)
 
-    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> Episodes:
+    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
         raise NotImplementedError
 
 
@@ -166,7 +209,7 @@ class Navigation2D(EnvTasks):
             self.horizon, self.action_bound, goal_range, self.goal_tolerance, self.normalized_actions
         )
 
-    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> Episodes:
+    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
         tasks = goals.shape[0]
         pos = torch.zeros(tasks, trajectories, 2, device=goals.device, dtype=goals.dtype)
         alive = torch.ones(tasks, trajectories, device=goals.device, dtype=torch.bool)
@@ -183,7 +226,7 @@ class Navigation2D(EnvTasks):
             masks.append(live)
             pos = torch.where(alive.unsqueeze(-1), moved, pos)
             alive = alive & ~(delta.abs() < self.goal_tolerance).all(-1)
-            if not alive.any():
+            if not parallel.any_rank(bool(alive.any())):  # every rank steps as long as the whole batch
                 break
         return _stack(obs, actions, rewards, masks, self.horizon)
 
@@ -289,13 +332,13 @@ class Locomotion(EnvTasks):
             return torch.where(goals < 0.5 * (self.goal_low[0] + self.goal_high[0]), -1.0, 1.0).to(goals.dtype)
         return goals
 
-    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, generator: torch.Generator) -> Episodes:
+    def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
         tasks = goals.shape[0]
         n = tasks * trajectories
         while len(self.pool) < n:
             self.pool.append(self.make_env(bare=True))
         envs = self.pool[:n]
-        seeds = torch.randint(2**31 - 1, (n,), generator=generator, device=generator.device).tolist()
+        seeds = draws.integers(2**31 - 1, tasks, trajectories)
         goal_list = goals.repeat_interleave(trajectories, 0).flatten().tolist()
         current = np.zeros((n, self.obs_dim))
         for i, env in enumerate(envs):
@@ -316,7 +359,7 @@ class Locomotion(EnvTasks):
             actions.append(action)
             rewards.append(torch.as_tensor(r, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
             masks.append(torch.as_tensor(live, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
-            if not alive.any():
+            if not parallel.any_rank(bool(alive.any())):
                 break
         return _stack(obs, actions, rewards, masks, self.horizon)
 

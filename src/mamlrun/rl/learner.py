@@ -16,7 +16,7 @@ from torch import nn
 from mamlrun.algorithms.base import Algorithm
 from mamlrun.algorithms.inner import batched_gradients, inner_loop
 from mamlrun.errors import MamlrunError
-from mamlrun.rl.envs import EnvTaskBatch, EnvTasks
+from mamlrun.rl.envs import Draws, EnvTaskBatch, EnvTasks
 from mamlrun.rl.episodes import Episodes, advantages
 from mamlrun.rl.policy import GaussianMLP, Params, kl_divergence, log_prob
 
@@ -120,19 +120,18 @@ class MetaRL(nn.Module):
         return self.algorithm.use_first_order()
 
     # -- pieces ---------------------------------------------------------------------------------
-    def actor(self, params: Params, generator: torch.Generator):
+    def actor(self, params: Params, draws: Draws):
         """A sampling function for ``rollout``: Gaussian actions from per-task ``params``."""
 
         def act(obs: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 mean, log_std = self.policy.distribution(params, obs)
-                noise = torch.randn(mean.shape, generator=generator, device=generator.device)
-                return mean + torch.exp(log_std) * noise.to(mean.device, mean.dtype)
+                return mean + torch.exp(log_std) * draws.normal(mean.shape).to(mean.device, mean.dtype)
 
         return act
 
-    def sample(self, params: Params, goals: torch.Tensor, trajectories: int, generator) -> Episodes:
-        return self.tasks.rollout(self.actor(params, generator), goals, trajectories, generator)
+    def sample(self, params: Params, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
+        return self.tasks.rollout(self.actor(params, draws), goals, trajectories, draws)
 
     def log_probs(self, params: Params, episodes: Episodes) -> torch.Tensor:
         t, n, h = episodes.mask.shape
@@ -216,7 +215,7 @@ class MetaRL(nn.Module):
         (:meth:`kl_hessian_vector`); ``returns`` holds the mean return before each adaptation step
         and after the last.
         """
-        gen = torch.Generator(device=batch.goals.device).manual_seed(batch.seed)
+        gen = batch.draws()
         tasks, discount = batch.num_tasks, self.tasks.discount
         params = {k: v.detach() for k, v in self.policy.batched_params(tasks).items()}
         supports, returns = [], []
@@ -273,7 +272,7 @@ class MetaRL(nn.Module):
 
     def trajectories(self, batch: EnvTaskBatch, steps: int) -> list[Episodes]:
         """The episodes sampled before and after each of ``steps`` adaptation steps."""
-        gen = torch.Generator(device=batch.goals.device).manual_seed(batch.seed)
+        gen = batch.draws()
         params = {k: v.detach() for k, v in self.policy.batched_params(batch.num_tasks).items()}
         out = []
         for k in range(steps + 1):

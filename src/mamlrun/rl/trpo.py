@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from mamlrun import parallel
+
 Closure = Callable[[bool], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -93,7 +95,9 @@ class TRPO(torch.optim.Optimizer):
         group = self.param_groups[0]
         params = [p for g in self.param_groups for p in g["params"]]
         loss, kl = closure(True)
-        grad = _flat(torch.autograd.grad(loss, params, retain_graph=True))
+        # Data-parallel: each rank's closure covers its share of the tasks; the means over ranks are
+        # the meta-batch's gradient, curvature products and values, so every rank takes the same step.
+        grad = parallel.mean(_flat(torch.autograd.grad(loss, params, retain_graph=True)))
         if fisher_vector is None:
             kl_grad = _flat(torch.autograd.grad(kl, params, create_graph=True))
 
@@ -101,11 +105,11 @@ class TRPO(torch.optim.Optimizer):
                 return _flat(torch.autograd.grad(kl_grad @ v, params, retain_graph=True))
 
         def damped(v: torch.Tensor) -> torch.Tensor:
-            return fisher_vector(v) + group["cg_damping"] * v
+            return parallel.mean(fisher_vector(v)) + group["cg_damping"] * v
 
         direction = conjugate_gradient(damped, grad, group["cg_iters"])
         curvature = 0.5 * (direction @ damped(direction)).item()
-        loss_before = loss.item()
+        loss_before = parallel.mean(loss).item()
         stats = {"surrogate_before": loss_before, "surrogate_after": loss_before, "kl": 0.0, "line_search_steps": -1}
         if not (curvature > 0 and math.isfinite(curvature)):
             return stats
@@ -114,7 +118,7 @@ class TRPO(torch.optim.Optimizer):
         for k in range(group["ls_max_steps"]):
             fraction = group["ls_backtrack_ratio"] ** k
             self._assign(params, old, full_step, fraction)
-            new_loss, new_kl = (v.item() for v in closure(False))
+            new_loss, new_kl = (parallel.mean(v).item() for v in closure(False))
             if new_loss < loss_before and new_kl <= group["max_kl"]:
                 stats.update(surrogate_after=new_loss, kl=new_kl, line_search_steps=k)
                 return stats
