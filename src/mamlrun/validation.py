@@ -60,6 +60,9 @@ VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "
 MAX_CHECKED_JOBS = 64
 # Keys whose value names where a run writes; given on the command line, they are taken as they are.
 RUN_DIR_KEYS = {False: "hydra.run.dir", True: "hydra.sweep.dir"}
+# A launcher that may start a job again (submitit's: SLURM requeues a job after a time-out or a preemption) has a
+# requeue count; it runs every job with resume=auto, so that a job started again continues from its checkpoint.
+REQUEUES = "hydra.launcher.max_num_timeout"
 
 # (key, kind, minimum, strict): the shared knobs and the bounds that make a run possible.
 KNOBS: tuple[tuple[str, type, float | None, bool], ...] = (
@@ -157,7 +160,13 @@ class Plan:
 
     @property
     def resume(self) -> bool:
-        return bool(OmegaConf.select(self.base, "resume")) if self.base is not None else False
+        """``resume=true``: the command continues a run (or sweep) that must exist."""
+        return self.base is not None and OmegaConf.select(self.base, "resume") is True
+
+    @property
+    def auto(self) -> bool:
+        """``resume=auto``: each run continues from its checkpoint if it has one, else starts afresh."""
+        return self.base is not None and OmegaConf.select(self.base, "resume") == rundirs.AUTO
 
 
 def prevalidate(argv: list[str]) -> list[str]:
@@ -188,6 +197,9 @@ def plan(argv: list[str]) -> Plan:
             params = OmegaConf.select(base, "hydra.sweeper.params") if multirun else None
             # As in Hydra's sweeper, a key given on the command line replaces the file's sweep of it.
             given = {ov.get_key_element() for ov in OverridesParser.create().parse_overrides(overrides)}
+            if multirun and "resume" not in given and OmegaConf.select(base, REQUEUES) is not None:
+                argv, overrides = [*argv, "resume=auto"], [*overrides, "resume=auto"]
+                jobs, base.resume = [[*job, "resume=auto"] for job in jobs], rundirs.AUTO
             params = {k: v for k, v in (params or {}).items() if k not in given}
             if params:
                 jobs = [job + sweep for job in jobs for sweep in expand_sweeps([f"{k}={v}" for k, v in params.items()])]
@@ -230,9 +242,11 @@ def claim_run_dir(job: Plan) -> tuple[Path, Path | None, list[str]]:
     resume = job.resume
     wanted = OmegaConf.select(job.base, key)
     created = None if resume else rundirs.first_missing(wanted)
-    path = rundirs.claim(wanted, explicit=key in given, resume=resume, key=key)
+    path = rundirs.claim(wanted, explicit=key in given, resume=rundirs.AUTO if job.auto else resume, key=key)
     created = created or path  # a suffixed name is new even when the wanted one existed
     extra = [f"{key}={_quoted(str(path))}"]
+    if job.auto and not job.multirun:
+        resume = rundirs.resumes(path, rundirs.task_config(job.base), f"{key}={path}")
     if resume:
         last = path / "checkpoints" / "last.pt"
         if not job.multirun and not last.exists():
@@ -241,7 +255,9 @@ def claim_run_dir(job: Plan) -> tuple[Path, Path | None, list[str]]:
             from mamlrun.train import RESUME_KEYS, read_checkpoint
 
             read_checkpoint(last, RESUME_KEYS)
-        # A resumed run keeps the config files it was started with (they are equal, or it stops).
+    if resume or (job.auto and job.multirun):
+        # A resumed run keeps the config files it was started with (they are equal, or it stops); the jobs of a
+        # resume=auto sweep learn whether they resume once started (rundirs.ResumeAuto).
         extra.append("hydra.output_subdir=null")
     if job.multirun and not any(k.startswith("hydra.job.config.override_dirname") for k in given):
         fixed = sorted({ov.key_or_group for ov in parsed if not ov.is_sweep_override() and not ov.is_hydra_override()})
@@ -263,6 +279,8 @@ def validate(cfg: DictConfig) -> None:
             _check_number(key, value, kind, minimum, strict)
     if cfg.mode not in MODES:
         raise MamlrunError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if not (isinstance(cfg.get("resume"), bool) or cfg.get("resume") == rundirs.AUTO):
+        raise MamlrunError(f"resume must be one of true, false, auto, got {cfg.get('resume')!r}")
     if cfg.mode == "eval" and not cfg.get("checkpoint"):
         raise MamlrunError("mode=eval needs checkpoint=<path to a .pt file written by a training run>")
     if cfg.hardware.dtype not in DTYPES:
