@@ -147,6 +147,10 @@ CASES: dict[str, Case] = {
     "text model knob": Case(["model.hidden=abc"], "model.hidden must be a list of integers"),
     "unknown dtype": Case(["hardware.dtype=float16"], "hardware.dtype must be one of float32, float64"),
     "unknown mode": Case(["mode=bogus"], "mode must be one of train, eval"),
+    "unknown sweep metric": Case(["train.sweep_metric=loss"], "train.sweep_metric must be one of test, val"),
+    "val sweep metric without validation": Case(
+        ["train.sweep_metric=val"], "train.sweep_metric=val needs a validation during training"
+    ),
     "unknown key": Case(["no_such_key=1"], "unknown key 'no_such_key' (to add a new key, use +no_such_key=1)"),
     "unknown option": Case(
         ["algorithm=nope"],

@@ -84,7 +84,7 @@ def execute(cfg: DictConfig) -> float:
         logger.finish()
     key, _ = objective_key(learner, "test")
     print_summary(metrics, run_dir, key, resumed, metrics["train/wall_s"], strategy)
-    return metrics[key]
+    return metrics[key if cfg.train.sweep_metric == "test" else trainer.val_key.replace("_mean", "_best")]
 
 
 def schedule_of(cfg: DictConfig) -> Schedule:

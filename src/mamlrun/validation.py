@@ -30,6 +30,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import get_class
@@ -92,6 +93,7 @@ TYPED_GROUPS = ("dataset", "model", "algorithm")
 CHECKED_GROUPS = ("dataset", "model", "algorithm", "optimizer")
 MODES = ("train", "eval")
 DTYPES = ("float32", "float64")
+SWEEP_METRICS = ("test", "val")
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -141,7 +143,9 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     choices = []
     for ov in parsed:
         key = ov.get_key_element()
-        if ov.is_sweep_override():
+        if isinstance(ov.value(), IntervalSweep):  # a search space (Optuna's): its ends are checked
+            choices.append([f"{key}={v}" for v in (ov.value().start, ov.value().end)])
+        elif ov.is_sweep_override():
             choices.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
         else:
             choices.append([ov.input_line])
@@ -281,6 +285,7 @@ def validate(cfg: DictConfig) -> None:
         raise MamlrunError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     if not (isinstance(cfg.get("resume"), bool) or cfg.get("resume") == rundirs.AUTO):
         raise MamlrunError(f"resume must be one of true, false, auto, got {cfg.get('resume')!r}")
+    check_sweep_metric(cfg)
     if cfg.mode == "eval" and not cfg.get("checkpoint"):
         raise MamlrunError("mode=eval needs checkpoint=<path to a .pt file written by a training run>")
     if cfg.hardware.dtype not in DTYPES:
@@ -302,6 +307,19 @@ def validate(cfg: DictConfig) -> None:
             cls.check_environment()
         if callable(getattr(cls, "check_config", None)):
             cls.check_config(settings())
+
+
+def check_sweep_metric(cfg: DictConfig) -> None:
+    """``train.sweep_metric=val`` needs a validation during training: its best value is what sweepers get."""
+    metric = OmegaConf.select(cfg, "train.sweep_metric", default="test")
+    if metric not in SWEEP_METRICS:
+        raise MamlrunError(f"train.sweep_metric must be one of {', '.join(SWEEP_METRICS)}, got {metric!r}")
+    validates = cfg.algorithm.get("meta_train", True) and 0 < cfg.train.val_every <= cfg.meta_iterations
+    if metric == "val" and cfg.mode == "train" and not validates:
+        raise MamlrunError(
+            "train.sweep_metric=val needs a validation during training (0 < train.val_every <= meta_iterations, "
+            f"got train.val_every={cfg.train.val_every}, meta_iterations={cfg.meta_iterations})"
+        )
 
 
 def check_components(cfg: DictConfig) -> None:
