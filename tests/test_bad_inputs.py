@@ -88,6 +88,12 @@ def run_dir_of_earlier_run(cwd: Path) -> None:
     write("run/cli.log", "")(cwd)
 
 
+def run_dir_of_another_run(cwd: Path) -> None:
+    """Another run's results without a checkpoint (a run of another config, stopped before its first checkpoint)."""
+    write("run/.hydra/config.yaml", "seed: 5\n")(cwd)
+    write("run/metrics.jsonl", '{"step": 1}\n')(cwd)
+
+
 def mini_pickles(hostile: bool) -> Callable[[Path], None]:
     def make(cwd: Path) -> None:
         from tests.data.conftest import tiny_miniimagenet
@@ -141,6 +147,10 @@ CASES: dict[str, Case] = {
     "text model knob": Case(["model.hidden=abc"], "model.hidden must be a list of integers"),
     "unknown dtype": Case(["hardware.dtype=float16"], "hardware.dtype must be one of float32, float64"),
     "unknown mode": Case(["mode=bogus"], "mode must be one of train, eval"),
+    "unknown sweep metric": Case(["train.sweep_metric=loss"], "train.sweep_metric must be one of test, val"),
+    "val sweep metric without validation": Case(
+        ["train.sweep_metric=val"], "train.sweep_metric=val needs a validation during training"
+    ),
     "unknown key": Case(["no_such_key=1"], "unknown key 'no_such_key' (to add a new key, use +no_such_key=1)"),
     "unknown option": Case(
         ["algorithm=nope"],
@@ -211,6 +221,17 @@ CASES: dict[str, Case] = {
     ),
     "resume with another config": Case(
         ["resume=true", "hydra.run.dir=run", "inner_lr=0.02"],
+        "config differs in algorithm.inner_lr, inner_lr",
+        run_dir_of_earlier_run,
+    ),
+    "unknown resume value": Case(["resume=maybe"], "resume must be one of true, false, auto, got 'maybe'"),
+    "resume=auto in another run's directory": Case(
+        ["resume=auto", "hydra.run.dir=run"],
+        "resume=auto but hydra.run.dir=run holds another run's results and no checkpoint to continue from",
+        run_dir_of_another_run,
+    ),
+    "resume=auto from another config's checkpoint": Case(
+        ["resume=auto", "hydra.run.dir=run", "inner_lr=0.02"],
         "config differs in algorithm.inner_lr, inner_lr",
         run_dir_of_earlier_run,
     ),

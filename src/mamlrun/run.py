@@ -60,7 +60,7 @@ def execute(cfg: DictConfig) -> float:
     strategy = getattr(learner, "strategy_name", None)  # after restore: a checkpoint's choice wins
     if strategy and rank() == 0:
         print(f"mamlrun: tasks of a meta-batch computed with strategy '{strategy}'", flush=True)
-    if cfg.resume and not resumed:
+    if cfg.resume is True and not resumed:
         raise MamlrunError(f"resume=true but there is no checkpoint to continue from at {trainer.ckpt_dir / 'last.pt'}")
     if rank() == 0:
         record_provenance(run_dir, origin, mode=cfg.mode, resume=resumed)
@@ -86,7 +86,7 @@ def execute(cfg: DictConfig) -> float:
         logger.finish()
     key, _ = objective_key(learner, "test")
     print_summary(metrics, run_dir, key, resumed, metrics["train/wall_s"], strategy)
-    return metrics[key]
+    return metrics[key if cfg.train.sweep_metric == "test" else trainer.val_key.replace("_mean", "_best")]
 
 
 def schedule_of(cfg: DictConfig) -> Schedule:

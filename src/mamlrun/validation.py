@@ -30,6 +30,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from hydra.utils import get_class
@@ -60,6 +61,9 @@ VALUE_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "
 MAX_CHECKED_JOBS = 64
 # Keys whose value names where a run writes; given on the command line, they are taken as they are.
 RUN_DIR_KEYS = {False: "hydra.run.dir", True: "hydra.sweep.dir"}
+# A launcher that may start a job again (submitit's: SLURM requeues a job after a time-out or a preemption) has a
+# requeue count; it runs every job with resume=auto, so that a job started again continues from its checkpoint.
+REQUEUES = "hydra.launcher.max_num_timeout"
 
 # (key, kind, minimum, strict): the shared knobs and the bounds that make a run possible.
 KNOBS: tuple[tuple[str, type, float | None, bool], ...] = (
@@ -89,6 +93,7 @@ TYPED_GROUPS = ("dataset", "model", "algorithm")
 CHECKED_GROUPS = ("dataset", "model", "algorithm", "optimizer")
 MODES = ("train", "eval")
 DTYPES = ("float32", "float64")
+SWEEP_METRICS = ("test", "val")
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -138,7 +143,9 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     choices = []
     for ov in parsed:
         key = ov.get_key_element()
-        if ov.is_sweep_override():
+        if isinstance(ov.value(), IntervalSweep):  # a search space (Optuna's): its ends are checked
+            choices.append([f"{key}={v}" for v in (ov.value().start, ov.value().end)])
+        elif ov.is_sweep_override():
             choices.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
         else:
             choices.append([ov.input_line])
@@ -157,7 +164,13 @@ class Plan:
 
     @property
     def resume(self) -> bool:
-        return bool(OmegaConf.select(self.base, "resume")) if self.base is not None else False
+        """``resume=true``: the command continues a run (or sweep) that must exist."""
+        return self.base is not None and OmegaConf.select(self.base, "resume") is True
+
+    @property
+    def auto(self) -> bool:
+        """``resume=auto``: each run continues from its checkpoint if it has one, else starts afresh."""
+        return self.base is not None and OmegaConf.select(self.base, "resume") == rundirs.AUTO
 
 
 def prevalidate(argv: list[str]) -> list[str]:
@@ -188,6 +201,9 @@ def plan(argv: list[str]) -> Plan:
             params = OmegaConf.select(base, "hydra.sweeper.params") if multirun else None
             # As in Hydra's sweeper, a key given on the command line replaces the file's sweep of it.
             given = {ov.get_key_element() for ov in OverridesParser.create().parse_overrides(overrides)}
+            if multirun and "resume" not in given and OmegaConf.select(base, REQUEUES) is not None:
+                argv, overrides = [*argv, "resume=auto"], [*overrides, "resume=auto"]
+                jobs, base.resume = [[*job, "resume=auto"] for job in jobs], rundirs.AUTO
             params = {k: v for k, v in (params or {}).items() if k not in given}
             if params:
                 jobs = [job + sweep for job in jobs for sweep in expand_sweeps([f"{k}={v}" for k, v in params.items()])]
@@ -230,9 +246,11 @@ def claim_run_dir(job: Plan) -> tuple[Path, Path | None, list[str]]:
     resume = job.resume
     wanted = OmegaConf.select(job.base, key)
     created = None if resume else rundirs.first_missing(wanted)
-    path = rundirs.claim(wanted, explicit=key in given, resume=resume, key=key)
+    path = rundirs.claim(wanted, explicit=key in given, resume=rundirs.AUTO if job.auto else resume, key=key)
     created = created or path  # a suffixed name is new even when the wanted one existed
     extra = [f"{key}={_quoted(str(path))}"]
+    if job.auto and not job.multirun:
+        resume = rundirs.resumes(path, rundirs.task_config(job.base), f"{key}={path}")
     if resume:
         last = path / "checkpoints" / "last.pt"
         if not job.multirun and not last.exists():
@@ -241,7 +259,9 @@ def claim_run_dir(job: Plan) -> tuple[Path, Path | None, list[str]]:
             from mamlrun.train import RESUME_KEYS, read_checkpoint
 
             read_checkpoint(last, RESUME_KEYS)
-        # A resumed run keeps the config files it was started with (they are equal, or it stops).
+    if resume or (job.auto and job.multirun):
+        # A resumed run keeps the config files it was started with (they are equal, or it stops); the jobs of a
+        # resume=auto sweep learn whether they resume once started (rundirs.ResumeAuto).
         extra.append("hydra.output_subdir=null")
     if job.multirun and not any(k.startswith("hydra.job.config.override_dirname") for k in given):
         fixed = sorted({ov.key_or_group for ov in parsed if not ov.is_sweep_override() and not ov.is_hydra_override()})
@@ -263,6 +283,9 @@ def validate(cfg: DictConfig) -> None:
             _check_number(key, value, kind, minimum, strict)
     if cfg.mode not in MODES:
         raise MamlrunError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if not (isinstance(cfg.get("resume"), bool) or cfg.get("resume") == rundirs.AUTO):
+        raise MamlrunError(f"resume must be one of true, false, auto, got {cfg.get('resume')!r}")
+    check_sweep_metric(cfg)
     if cfg.mode == "eval" and not cfg.get("checkpoint"):
         raise MamlrunError("mode=eval needs checkpoint=<path to a .pt file written by a training run>")
     if cfg.hardware.dtype not in DTYPES:
@@ -284,6 +307,19 @@ def validate(cfg: DictConfig) -> None:
             cls.check_environment()
         if callable(getattr(cls, "check_config", None)):
             cls.check_config(settings())
+
+
+def check_sweep_metric(cfg: DictConfig) -> None:
+    """``train.sweep_metric=val`` needs a validation during training: its best value is what sweepers get."""
+    metric = OmegaConf.select(cfg, "train.sweep_metric", default="test")
+    if metric not in SWEEP_METRICS:
+        raise MamlrunError(f"train.sweep_metric must be one of {', '.join(SWEEP_METRICS)}, got {metric!r}")
+    validates = cfg.algorithm.get("meta_train", True) and 0 < cfg.train.val_every <= cfg.meta_iterations
+    if metric == "val" and cfg.mode == "train" and not validates:
+        raise MamlrunError(
+            "train.sweep_metric=val needs a validation during training (0 < train.val_every <= meta_iterations, "
+            f"got train.val_every={cfg.train.val_every}, meta_iterations={cfg.meta_iterations})"
+        )
 
 
 def check_components(cfg: DictConfig) -> None:
