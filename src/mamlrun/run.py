@@ -35,9 +35,12 @@ def execute(cfg: DictConfig) -> float:
 
     from mamlrun.train import Trainer, objective_key
 
+    parallel.adopt_slurm_environment()  # before validate: meta_batch_size must divide among the ranks
     validate(cfg)
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    # A distributed job's ranks joined in the CLI; jobs a launcher starts as several tasks join here.
+    parallel.init(cfg.hardware.device, float(cfg.hardware.timeout_s))
     device = parallel.device(select_device(cfg.hardware.device))
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
