@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion clean
+.PHONY: help install install-l2l run test test-slow lint format bench bench-ddp reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ format: install  ## apply ruff's fixes and formatting
 
 bench: install  ## engine speed and peak memory against a per-task autograd loop (reports, never fails)
 	$(BIN)/python -m mamlrun.bench $(ARGS)
+
+bench-ddp: install  ## data-parallel scaling: 1 vs 2 processes on the Omniglot step (efficiency, all-reduce share)
+	$(BIN)/python -m mamlrun.bench_ddp $(ARGS)
 
 SUFFIX := $(if $(QUICK),_quick)
 # QUICK=1: debug=quick (conf/debug/quick.yaml), every stage in seconds, into *_quick folders.

@@ -62,3 +62,15 @@ def test_bench_writes_interleaved_results_and_flops(tmp_path):
     costs = {r["implementation"]: r for r in report["results"] if r["case"] == "sinusoid_algorithms"}
     assert set(costs) == set(bench.ALGORITHMS)
     assert costs["MAML"]["time_vs_maml"] == 1.0 and all(r["ms"] > 0 for r in costs.values())
+
+
+def test_bench_ddp_reports_the_scaling_of_two_processes(tmp_path):
+    from mamlrun import bench_ddp
+
+    out = tmp_path / "ddp.json"
+    assert bench_ddp.main(["--case", "sinusoid", "--rounds", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2 and report["ms_1"] > 0 and report["ms_n"] > 0
+    assert report["speedup"] == pytest.approx(report["ms_1"] / report["ms_n"])
+    assert report["efficiency"] == pytest.approx(report["speedup"] / 2)
+    assert 0 < report["all_reduce_share"] < 1
