@@ -256,7 +256,13 @@ def test_ctrl_c_says_where_the_resumable_checkpoint_is(tmp_path):
     args = [*TINY, "meta_iterations=1000000", "train.checkpoint_every=20", "hydra.run.dir=out"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", **QUIET}
     proc = subprocess.Popen(
-        [str(MAMLRUN), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [str(MAMLRUN), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # As from a terminal: a test run started in the background inherits SIGINT ignored (the shell's rule).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     last = tmp_path / "out" / "checkpoints" / "last.pt"
     deadline = time.time() + 240
