@@ -27,7 +27,7 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from mamlrun.errors import MamlrunError
+from mamlrun.errors import MamlrunError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -99,7 +99,7 @@ def init(device_name: str, timeout_s: float) -> None:
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as exc:
-        raise MamlrunError(f"cannot join the distributed job ({_first_line(exc)})") from None
+        raise MamlrunError(f"cannot join the distributed job ({first_line(exc)})") from None
 
 
 def device(selected: torch.device) -> torch.device:
@@ -148,7 +148,7 @@ def peer_failed(exc: BaseException) -> str | None:
 
     if not distributed() or not isinstance(exc, (dist.DistError, RuntimeError)):
         return None
-    text = _first_line(exc)
+    text = first_line(exc)
     if isinstance(exc, dist.DistError) or any(k in text.lower() for k in ("gloo", "nccl", "connection", "timed out")):
         return f"rank {rank()}: another process of the distributed job failed or timed out ({text})"
     return None
@@ -296,8 +296,3 @@ def shutdown() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__

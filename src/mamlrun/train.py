@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from mamlrun import parallel
 from mamlrun.data.tasks import TaskSampler
-from mamlrun.errors import MamlrunError
+from mamlrun.errors import MamlrunError, first_line
 from mamlrun.files import save_torch
 from mamlrun.logging import MetricLogger
 from mamlrun.parallel import rank
@@ -390,9 +390,3 @@ def all_finite(obj: object) -> bool:
     if isinstance(obj, list | tuple):
         return all(all_finite(v) for v in obj)
     return not isinstance(obj, float) or math.isfinite(obj)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type when the message is empty)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
