@@ -66,13 +66,13 @@ CELLS ?=
 ALGORITHMS ?=
 
 reproduce-table1: install  ## the paper's Table 1 on the data present, resumable, into results/table1 (CELLS=omniglot_5w1s ALGORITHMS=maml: a subset; QUICK=1: plumbing only)
-	$(BIN)/python -m mamlrun.reproduce table1 $(if $(QUICK),--quick) $(if $(CELLS),--cells $(CELLS)) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(ARGS)
+	$(BIN)/python -m mamlrun.reproduce table1 $(if $(QUICK),--quick) $(if $(CELLS),--cells $(CELLS)) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(if $(RANKS),--ranks $(RANKS)) $(ARGS)
 
 results-table1: install  ## rebuild results/table1 from the runs in outputs/table1, testing unfinished runs from their best checkpoint
 	$(BIN)/python -m mamlrun.results table1 --evaluate $(ARGS)
 
 reproduce-algorithms: install  ## MAML++ and ANIL on the cells their papers report, resumable, into results/algorithms (CELLS=, ALGORITHMS=: a subset)
-	$(BIN)/python -m mamlrun.reproduce algorithms $(if $(CELLS),--cells $(CELLS)) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(ARGS)
+	$(BIN)/python -m mamlrun.reproduce algorithms $(if $(CELLS),--cells $(CELLS)) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(if $(RANKS),--ranks $(RANKS)) $(ARGS)
 
 results-algorithms: install  ## rebuild results/algorithms (MAML++, ANIL beside their papers) from outputs/algorithms
 	$(BIN)/python -m mamlrun.results algorithms --evaluate $(ARGS)

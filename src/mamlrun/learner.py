@@ -140,17 +140,18 @@ class MetaLearner(nn.Module):
         self.chosen_strategy = self.strategy_name
         with torch.no_grad():
             out = self.algorithm.evaluate(self, batch, steps)
-        return {name: torch.stack([o[i] for o in out]) for i, name in enumerate(self.stat_names)}
+        names = self.algorithm.eval_stat_names(self.objective)
+        return {name: torch.stack([o[i] for o in out]) for i, name in enumerate(names)}
 
     def predictions(self, batch: TaskBatch, steps: int) -> torch.Tensor:
-        """Outputs on ``batch.x_query`` after 0..steps inner updates: ``[steps + 1, tasks, n, out]``."""
-        with torch.no_grad():
-            trajectory = self._adaptation(batch, steps)
-            return torch.stack([self.outputs(p, k, batch.x_query) for k, p in enumerate(trajectory)])
+        """Outputs on ``batch.x_query`` after 0..steps inner updates: ``[steps + 1, tasks, samples, n, out]``.
 
-    def _adaptation(self, batch: TaskBatch, steps: int) -> list[Params]:
+        ``samples`` is 1 for point estimates, the number of particles or posterior samples for the
+        algorithms that adapt several models per task (:meth:`Algorithm.predictions`).
+        """
         self.chosen_strategy = self.strategy_name
-        return self.adapt(batch.x_support, batch.y_support, steps, first_order=True)
+        with torch.no_grad():
+            return torch.stack(self.algorithm.predictions(self, batch, steps))
 
     # -- functional pieces ------------------------------------------------------------------
     def meta_params(self) -> Params:

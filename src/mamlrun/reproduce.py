@@ -150,15 +150,25 @@ def train(cmd: list[str], run_dir: Path) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if run_dir.is_dir():
-        record_session(run_dir, ["mamlrun", *cmd[1:]], started, time.time(), before, code, commit)
+        record_session(run_dir, [Path(cmd[0]).name, *cmd[1:]], started, time.time(), before, code, commit)
     return code
 
 
-def run_command(experiment: str, algorithm: str | None, run_dir: Path, overrides: list[str]) -> list[str]:
+def launcher(ranks: int = 1) -> list[str]:
+    """How one cell starts: ``mamlrun``, or ``torchrun`` with ``ranks`` data-parallel processes on this machine."""
+    if ranks == 1:
+        return [str(Path(sys.executable).with_name("mamlrun"))]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    return [torchrun, "--standalone", f"--nproc_per_node={ranks}", "-m", "mamlrun"]
+
+
+def run_command(
+    experiment: str, algorithm: str | None, run_dir: Path, overrides: list[str], ranks: int = 1
+) -> list[str]:
     """The ``mamlrun`` command of one cell; it resumes when the run directory holds a checkpoint."""
     resume = ["resume=true"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
     return [
-        str(Path(sys.executable).with_name("mamlrun")),
+        *launcher(ranks),
         f"hydra.run.dir={run_dir}",
         f"experiment={experiment}",
         *([f"algorithm={algorithm}"] if algorithm else []),
@@ -167,7 +177,7 @@ def run_command(experiment: str, algorithm: str | None, run_dir: Path, overrides
     ]
 
 
-def algorithm_jobs(runs_dir: Path, overrides: list[str], cells: str | None, algorithms: str | None):
+def algorithm_jobs(runs_dir: Path, overrides: list[str], cells: str | None, algorithms: str | None, ranks: int = 1):
     """The (command, run directory) of every selected MAML++ / ANIL cell of :data:`mamlrun.paper.ALGORITHMS`."""
     from mamlrun import paper
 
@@ -178,7 +188,7 @@ def algorithm_jobs(runs_dir: Path, overrides: list[str], cells: str | None, algo
     for cell, algo in pairs:
         if cell in chosen_cells and algo in chosen_algos:
             run_dir = runs_dir / f"{cell}__{algo}"
-            cmd = run_command(f"{algo}_{cell}", None, run_dir, overrides)
+            cmd = run_command(f"{algo}_{cell}", None, run_dir, overrides, ranks)
             jobs.append((cmd, run_dir))
     return jobs
 
@@ -189,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few iterations per cell: the plumbing only")
     parser.add_argument("--cells", help="comma-separated cell names or prefixes (default: every cell)")
     parser.add_argument("--algorithms", help="comma-separated algorithms (default: the sweep file's)")
+    parser.add_argument(
+        "--ranks", type=int, default=1, help="data-parallel processes per run (torchrun on this machine; default 1)"
+    )
     parser.add_argument("--runs", type=Path, help="run directories (default: outputs/<table>[_quick])")
     parser.add_argument("--out", type=Path, help="tables (default: results/<table>; quick: outputs/reports_quick)")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run")
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     if args.table == "algorithms":
         try:
-            jobs = algorithm_jobs(runs_dir, overrides, args.cells, args.algorithms)
+            jobs = algorithm_jobs(runs_dir, overrides, args.cells, args.algorithms, args.ranks)
         except MamlrunError as exc:
             print(f"mamlrun: error: {exc}", file=sys.stderr)
             return 2
@@ -213,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(runs_dir, ignore_errors=True)
         codes = [quick_sweep(runs_dir, cells, algorithms, overrides)]
     else:
+        dirs = {(cell, algo): runs_dir / f"{cell}__{algo}" for cell in cells for algo in algorithms}
         jobs = [
-            (run_command(cell, algo, runs_dir / f"{cell}__{algo}", [*overrides, *extra]), runs_dir / f"{cell}__{algo}")
-            for cell, extra in cells.items()
-            for algo in algorithms
+            (run_command(cell, algo, run_dir, [*overrides, *cells[cell]], args.ranks), run_dir)
+            for (cell, algo), run_dir in dirs.items()
         ]
         codes = [train(cmd, run_dir) for cmd, run_dir in jobs]
     return finish(args, codes, runs_dir, out, skipped)

@@ -30,6 +30,7 @@ from mamlrun.algorithms.inner import Params
 if TYPE_CHECKING:
     from mamlrun.data.tasks import TaskBatch
     from mamlrun.learner import MetaLearner
+    from mamlrun.objectives import Objective
 
 
 class Algorithm(nn.Module):
@@ -48,6 +49,9 @@ class Algorithm(nn.Module):
     rl_form: ClassVar[bool] = True
     # A strategy the algorithm needs whatever ``hardware.strategy`` says (``None``: any).
     strategy: ClassVar[str | None] = None
+    # Whether evaluation scores the predictive distribution of several adapted models per task
+    # (:meth:`predictions`; ensembles and posteriors) rather than one adapted model.
+    predictive: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -115,10 +119,32 @@ class Algorithm(nn.Module):
         loss = sum(w * stats[0] for w, stats in zip(weights, per_step))
         return (loss, *per_step[-1][1:])
 
+    def eval_stat_names(self, objective: Objective) -> tuple[str, ...]:
+        """The names of the statistics :meth:`evaluate` returns."""
+        return objective.predictive_names if self.predictive else objective.stat_names
+
     def evaluate(self, learner: MetaLearner, batch: TaskBatch, steps: int) -> list[tuple[torch.Tensor, ...]]:
-        """Per-task query statistics after 0..steps inner updates on the support set (first order)."""
+        """Per-task query statistics after 0..steps inner updates on the support set (first order).
+
+        A :attr:`predictive` algorithm is scored by the predictive distribution of its models
+        (:meth:`~mamlrun.objectives.Objective.predictive_stats` of :meth:`predictions`).
+        """
+        if self.predictive:
+            objective = learner.objective
+            return [objective.predictive_stats(o, batch.y_query) for o in self.predictions(learner, batch, steps)]
         trajectory = learner.adapt(batch.x_support, batch.y_support, steps, first_order=True)
         return [learner.query_stats(p, k, batch.x_query, batch.y_query) for k, p in enumerate(trajectory)]
+
+    def predictions(self, learner: MetaLearner, batch: TaskBatch, steps: int) -> list[torch.Tensor]:
+        """Query outputs of every model the algorithm adapts per task, after 0..steps inner updates.
+
+        Each entry is ``[tasks, samples, n, *out]``: one sample for the point estimates (MAML and
+        the algorithms built on its loop); several for the ensembles and posteriors (EMAML, BMAML,
+        PLATIPUS), whose evaluation scores the predictive distribution
+        (:meth:`~mamlrun.objectives.Objective.predictive_stats`).
+        """
+        trajectory = learner.adapt(batch.x_support, batch.y_support, steps, first_order=True)
+        return [learner.outputs(p, k, batch.x_query).unsqueeze(1) for k, p in enumerate(trajectory)]
 
     def meta_gradient(self, learner: MetaLearner, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Accumulate the meta-gradient of ``batch`` into ``.grad``; return detached statistics."""
