@@ -50,6 +50,8 @@ class Objective:
         raise NotImplementedError(f"{type(self).__name__} has no predictive distribution")
 
     predictive_names: ClassVar[tuple[str, ...]] = ("loss",)
+    # Whether every algorithm is scored by :meth:`predictive_stats`, a point estimate as one sample.
+    scores_predictive: bool = False
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one task's outputs ``[n, ...]`` (works under ``vmap``)."""
@@ -79,6 +81,8 @@ class Regression(Objective):
 
     def __init__(self, noise_std: float = 0.0) -> None:
         self.noise_std = float(noise_std)
+        # Tasks with an observation-noise model score every algorithm's predictive distribution.
+        self.scores_predictive = self.noise_std > 0
 
     def task_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((out - y) ** 2).flatten(1).mean(1)

@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 
 from mamlrun import paper
 from mamlrun.data.tasks import TaskBatch
+from mamlrun.probabilistic import bmaml_sinusoid_report, uncertainty_report
 
 FIGURE_TASK_SEED = 12345
 
@@ -199,6 +200,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
                     "shots": cfg.get("shots"),
                     "inner_steps": cfg.get("inner_steps"),
                     "seed": cfg.get("seed"),
+                    "train_functions": cfg["dataset"].get("train_functions"),
                 }
             )
         overrides = job / ".hydra" / "overrides.yaml"
@@ -408,6 +410,8 @@ def rl_report(sweep_dir: Path, out_dir: Path, experiment: str) -> list[Path]:
 
 REPORTS = {
     "sinusoid": sinusoid_report,
+    "uncertainty": uncertainty_report,
+    "bmaml_sinusoid": bmaml_sinusoid_report,
     "table1": table1_report,
     "rl_navigation2d": lambda sweep, out: rl_report(sweep, out, "rl_navigation2d"),
     "rl_halfcheetah_dir": lambda sweep, out: rl_report(sweep, out, "rl_halfcheetah_dir"),

@@ -119,18 +119,24 @@ class Algorithm(nn.Module):
         loss = sum(w * stats[0] for w, stats in zip(weights, per_step))
         return (loss, *per_step[-1][1:])
 
+    def scores_predictive(self, objective: Objective) -> bool:
+        """Whether evaluation scores a predictive distribution: this algorithm's several models per
+        task, or any algorithm's one model on tasks with an observation-noise model (NLL, coverage)."""
+        return self.predictive or objective.scores_predictive
+
     def eval_stat_names(self, objective: Objective) -> tuple[str, ...]:
         """The names of the statistics :meth:`evaluate` returns."""
-        return objective.predictive_names if self.predictive else objective.stat_names
+        return objective.predictive_names if self.scores_predictive(objective) else objective.stat_names
 
     def evaluate(self, learner: MetaLearner, batch: TaskBatch, steps: int) -> list[tuple[torch.Tensor, ...]]:
         """Per-task query statistics after 0..steps inner updates on the support set (first order).
 
-        A :attr:`predictive` algorithm is scored by the predictive distribution of its models
-        (:meth:`~mamlrun.objectives.Objective.predictive_stats` of :meth:`predictions`).
+        Where :meth:`scores_predictive`, the statistics are those of the predictive distribution
+        of the adapted models (:meth:`~mamlrun.objectives.Objective.predictive_stats` of
+        :meth:`predictions`).
         """
-        if self.predictive:
-            objective = learner.objective
+        objective = learner.objective
+        if self.scores_predictive(objective):
             return [objective.predictive_stats(o, batch.y_query) for o in self.predictions(learner, batch, steps)]
         trajectory = learner.adapt(batch.x_support, batch.y_support, steps, first_order=True)
         return [learner.query_stats(p, k, batch.x_query, batch.y_query) for k, p in enumerate(trajectory)]
