@@ -1,0 +1,63 @@
+"""Calibration, sampled-function figures and the probabilistic algorithms from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mamlrun.algorithms.emaml import EMAML
+from mamlrun.data.functions import FunctionTasks
+from mamlrun.probabilistic import PosteriorSamples, Reliability, calibration
+from tests.algorithms.test_gradients import classification_batch, conv, make, mlp
+
+
+def test_calibration_errors_by_hand():
+    # bins of width 0.5: [0.6, 0.9, 0.7] in the upper one (accuracy 2/3, confidence 0.7667),
+    # [0.2] in the lower one (accuracy 1, confidence 0.2)
+    confidence = torch.tensor([0.6, 0.9, 0.7, 0.2])
+    correct = torch.tensor([True, True, False, True])
+    result = calibration(confidence, correct, bins=2)
+    upper, lower = abs(2 / 3 - 2.2 / 3), abs(1 - 0.2)
+    assert result["ece"] == pytest.approx(0.75 * upper + 0.25 * lower)
+    assert result["mce"] == pytest.approx(lower)
+    assert result["count"] == [1, 3]
+    assert result["accuracy"] == pytest.approx(0.75)
+    perfect = calibration(torch.tensor([1.0, 1.0]), torch.tensor([True, True]), bins=10)
+    assert perfect["ece"] == 0 and perfect["count"][-1] == 2  # confidence 1.0 falls in the last bin
+
+
+class Tasks:
+    """Classification tasks for the figure: a fixed batch whatever is asked."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def sample(self, num_tasks, split, generator):
+        return self.batch.part(slice(0, num_tasks))
+
+
+def test_reliability_diagram_pools_every_query_prediction(tmp_path):
+    batch = classification_batch(tasks=3)
+    learner = make(EMAML, conv(), "classification", strategy="batched", particles=2)
+    path = Reliability("emaml", tasks=3, bins=5, batch_size=3)(tmp_path, learner, Tasks(batch))
+    assert path.name == "reliability.png" and path.stat().st_size > 0
+    result = json.loads((tmp_path / "calibration.json").read_text())
+    assert sum(result["count"]) == batch.y_query.numel()
+    probs = torch.softmax(learner.predictions(batch, learner.test_inner_steps)[-1], -1).mean(1)
+    expected = calibration(probs.max(-1).values, probs.argmax(-1) == batch.y_query, bins=5)
+    assert result["ece"] == pytest.approx(expected["ece"])
+
+
+def test_posterior_samples_figure_draws_every_sample(tmp_path):
+    sampler = FunctionTasks(shots=5, query_shots=5).to("cpu", torch.float64)
+    learner = make(EMAML, mlp(), "regression", particles=3)
+    path = PosteriorSamples("emaml", steps=2)(tmp_path, learner, sampler)
+    assert path.name == "posterior_samples.png"
+    data = json.loads((tmp_path / "posterior_samples.json").read_text())
+    assert [t["family"] for t in data["tasks"]] == ["sine", "line"]
+    assert len(data["tasks"][0]["samples"]) == 3 and len(data["tasks"][0]["samples"][0]) == len(data["x"])
+    # datasets without figure tasks are skipped, classifiers have no reliability on regression
+    assert PosteriorSamples("x")(tmp_path, learner, object()) is None
+    assert Reliability("x")(tmp_path, learner, sampler) is None
