@@ -11,6 +11,7 @@ from mamlrun.algorithms.emaml import EMAML
 from mamlrun.data.functions import FunctionTasks
 from mamlrun.probabilistic import PosteriorSamples, Reliability, calibration
 from tests.algorithms.test_gradients import classification_batch, conv, make, mlp
+from tests.conftest import run_mamlrun
 
 
 def test_calibration_errors_by_hand():
@@ -61,3 +62,40 @@ def test_posterior_samples_figure_draws_every_sample(tmp_path):
     # datasets without figure tasks are skipped, classifiers have no reliability on regression
     assert PosteriorSamples("x")(tmp_path, learner, object()) is None
     assert Reliability("x")(tmp_path, learner, sampler) is None
+
+
+def test_a_diverging_validation_is_said_and_never_the_best_checkpoint(tmp_path):
+    """Ten times more evaluation steps than training at a large step size: the validation MSE is NaN."""
+    run = tmp_path / "run"
+    proc = run_mamlrun(
+        "dataset=sine_line",
+        "inner_lr=0.05",
+        "test_inner_steps=40",
+        "meta_iterations=4",
+        "train.val_every=2",
+        "train.val_tasks=10",
+        "eval.test_tasks=10",
+        "train.progress=false",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    assert "val/mse_mean is nan at iteration 4" in proc.stderr
+    assert (
+        not (run / "checkpoints" / "best.pt").exists()
+        or json.loads((run / "metrics.json").read_text())["test/checkpoint_iteration"] == 2
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["emaml", "bmaml", "platipus"])
+def test_probabilistic_algorithms_run_from_the_command_line(tmp_path, algorithm):
+    run = tmp_path / "run"
+    run_mamlrun(
+        "experiment=uncertainty_sine_line",
+        f"algorithm={algorithm}",
+        "debug=quick",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"test/mse_mean", "test/nll_mean", "test/coverage_mean"} <= set(metrics)
+    assert (run / "posterior_samples.png").is_file()

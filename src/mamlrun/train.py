@@ -13,6 +13,7 @@ import math
 import pickle
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -298,7 +299,18 @@ class Trainer:
         metrics = evaluate(self.learner, self.sampler, "val", s.val_tasks, s.seed + VAL_STREAM, s.eval_batch_size)
         value = metrics[self.val_key]
         best = self.best["value"]
-        if best is None or (value > best if self.higher_is_better else value < best):
+        if not math.isfinite(value):
+            # Evaluation ran more inner steps than training and diverged, or training is failing:
+            # never the best checkpoint, and said, since the test then uses an earlier one.
+            if parallel.rank() == 0:
+                steps = self.learner.test_inner_steps
+                print(
+                    f"mamlrun: warning: {self.val_key} is {value} at iteration {self.iteration} "
+                    f"(does adaptation diverge within {steps} inner steps?); not taken as the best checkpoint",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        elif best is None or (value > best if self.higher_is_better else value < best):
             self.best = {"value": value, "iteration": self.iteration}
             self.save("best.pt")
         logger.log({k: v for k, v in metrics.items() if "ci95_step" not in k}, self.iteration)
