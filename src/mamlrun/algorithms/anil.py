@@ -90,7 +90,7 @@ class ANIL(Algorithm):
         return self.head_trajectory(learner, batch, self.train_inner_steps, self.use_first_order(), every=False)[-1]
 
     def evaluate(self, learner: MetaLearner, batch: TaskBatch, steps: int) -> list[tuple[torch.Tensor, ...]]:
-        if not self.fast(learner):
+        if not self.fast(learner) or self.scores_predictive(learner.objective):
             return super().evaluate(learner, batch, steps)
         return self.head_trajectory(learner, batch, steps, first_order=True)
 
