@@ -167,6 +167,20 @@ def _runs(sweep_dir: Path, dataset: str) -> pd.DataFrame:
     return df[df["dataset"] == dataset] if "dataset" in df else df.iloc[0:0]
 
 
+def provenance(sweep_dir: Path, df: pd.DataFrame, command: str) -> str:
+    """Markdown lines: the command, and every job's overrides, commit, start and hardware."""
+    from mamlrun.results import hardware
+
+    lines = ["", f"Provenance: `{command}` (sweep `{sweep_dir}`), on {hardware()}.", ""]
+    for job in df["job"]:
+        entries = json.loads((Path(sweep_dir) / job / "provenance.json").read_text())
+        first = entries[0]
+        dirty = " (uncommitted changes)" if first.get("git_dirty") else ""
+        overrides = " ".join(first.get("overrides", []))
+        lines.append(f"- `{job}`: `{overrides}`, commit {str(first.get('git_commit'))[:12]}{dirty}, {first['started']}")
+    return "\n".join(lines) + "\n"
+
+
 def uncertainty_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     """Sines and lines: every algorithm's MSE, NLL and 95 % coverage, and their sampled functions."""
     from mamlrun.report import with_ci, write_table
@@ -189,6 +203,8 @@ def uncertainty_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     shown["95 % coverage"] = [with_ci(m, c) for m, c in zip(table["coverage"], table["coverage_ci95"])]
     shown["iterations"], shown["wall (s)"] = table["iterations"], table["wall_s"].round(0)
     written = list(write_table(table, out_dir / "uncertainty", shown))
+    with written[1].open("a") as md:
+        md.write(provenance(sweep_dir, df, "make reproduce-uncertainty"))
     figures = {}
     for job in sorted(Path(sweep_dir).glob("*/posterior_samples.json")):
         data = json.loads(job.read_text())
@@ -222,4 +238,7 @@ def bmaml_sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     shown = table[["algorithm", "K", "train functions", "seeds"]].copy()
     shown["test MSE"] = [with_ci(m, c) for m, c in zip(table["mse"], table["mse_ci95"])]
     shown["iterations"], shown["wall (s)"] = table["iterations"], table["wall_s"].round(0)
-    return list(write_table(table, out_dir / "bmaml_sinusoid", shown))
+    written = list(write_table(table, out_dir / "bmaml_sinusoid", shown))
+    with written[1].open("a") as md:
+        md.write(provenance(sweep_dir, df, "make reproduce-uncertainty"))
+    return written
