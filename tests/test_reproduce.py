@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -129,10 +130,13 @@ def test_a_resumed_run_may_move_its_data_and_change_hardware_but_not_its_recipe(
     assert _config_diff(old, new) == ["dataset.ways", "inner_lr"]
 
 
-def test_the_algorithms_table_trains_each_algorithm_with_its_own_experiment_file(tmp_path):
+def test_the_algorithms_table_trains_each_algorithm_with_its_own_experiment_file(tmp_path, capsys):
     from mamlrun.reproduce import algorithm_jobs
 
-    jobs = algorithm_jobs(tmp_path, ["seed=1"], "omniglot_20w", None)
+    if not OMNIGLOT.is_dir():
+        pytest.skip(f"the small Omniglot sets are not at {OMNIGLOT}")
+    data = [f"++dataset.root={OMNIGLOT}", "++dataset.split=[0.6,0.2,0.2]", f"++dataset.cache_dir={tmp_path / 'c'}"]
+    jobs = algorithm_jobs(tmp_path, ["seed=1", *data], "omniglot_20w", None)
     assert [run.name for _, run in jobs] == [
         "omniglot_20w1s__mamlpp",
         "omniglot_20w1s__anil",
@@ -140,7 +144,12 @@ def test_the_algorithms_table_trains_each_algorithm_with_its_own_experiment_file
         "omniglot_20w5s__anil",
     ]
     cmd, run = jobs[1]
-    assert cmd[1:] == [f"hydra.run.dir={run}", "experiment=anil_omniglot_20w1s", "seed=1"]
+    assert cmd[1:] == [f"hydra.run.dir={run}", "experiment=anil_omniglot_20w1s", "seed=1", *data]
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"")
-    assert "resume=true" in algorithm_jobs(tmp_path, [], "omniglot_20w1s", "anil")[0][0]
+    assert "resume=true" in algorithm_jobs(tmp_path, data, "omniglot_20w1s", "anil")[0][0]
+    # Cells without their data are skipped with the reason; --ranks trains a cell under torchrun.
+    assert algorithm_jobs(tmp_path, [f"++dataset.root={tmp_path / 'none'}"], "miniimagenet", None) == []
+    assert "skipping the miniimagenet cells" in capsys.readouterr().out
+    (cmd, _), *_ = algorithm_jobs(tmp_path, data, "omniglot_20w1s", "anil", ranks=2)
+    assert Path(cmd[0]).name == "torchrun" and cmd[1:5] == ["--standalone", "--nproc_per_node=2", "-m", "mamlrun"]

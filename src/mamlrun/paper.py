@@ -8,6 +8,8 @@ References:
     of ../shared/PAPER.md).
     Raghu, Raghu, Bengio, Vinyals. "Rapid Learning or Feature Reuse?" ICLR 2020, Table 2 (ANIL;
     mean ± std over three seeds, not a confidence interval).
+    Rusu et al. "Meta-Learning with Latent Embedding Optimization." ICLR 2019, Table 1 (LEO; and
+    PLATIPUS's MiniImagenet 5-way 1-shot number as it quotes it, from Finn, Xu, Levine 2018).
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ RL = {
 # The algorithms built on the engine's hooks, beside their own papers: test accuracy in % (mean,
 # spread or None) per Table 1 cell and algorithm; the run's experiment file is ``<algorithm>_<cell>``.
 # (None, None): the paper has no number for the cell (the row is measured for comparison).
+# LEO's MiniImagenet numbers are on pretrained WRN-28-10 features, mamlrun's rows on the conv net's.
 ALGORITHMS = {
-    "omniglot_5w1s": {"mamlpp": (99.47, None), "anil": (None, None)},
+    "omniglot_5w1s": {"mamlpp": (99.47, None), "anil": (None, None), "leo": (None, None)},
     "omniglot_5w5s": {"mamlpp": (99.93, None)},
     "omniglot_20w1s": {"mamlpp": (97.65, None), "anil": (96.2, 0.5)},
     "omniglot_20w5s": {"mamlpp": (99.33, None), "anil": (98.0, 0.3)},
+    "miniimagenet_5w1s": {"platipus": (50.13, 1.86), "leo": (61.76, 0.08)},
+    "miniimagenet_5w5s": {"leo": (77.59, 0.12)},
 }

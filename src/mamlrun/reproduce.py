@@ -184,12 +184,19 @@ def algorithm_jobs(runs_dir: Path, overrides: list[str], cells: str | None, algo
     pairs = [(cell, algo) for cell, published in paper.ALGORITHMS.items() for algo in published]
     chosen_cells = _selected(list(dict.fromkeys(c for c, _ in pairs)), cells, "cell")
     chosen_algos = _selected(list(dict.fromkeys(a for _, a in pairs)), algorithms, "algorithm")
-    jobs = []
+    from mamlrun.results import missing_data
+
+    jobs, reasons = [], {}
     for cell, algo in pairs:
         if cell in chosen_cells and algo in chosen_algos:
+            if missing_data(cell, reasons, overrides):
+                continue
             run_dir = runs_dir / f"{cell}__{algo}"
             cmd = run_command(f"{algo}_{cell}", None, run_dir, overrides, ranks)
             jobs.append((cmd, run_dir))
+    for dataset, reason in reasons.items():
+        if reason:
+            print(f"reproduce: skipping the {dataset} cells: {reason}", flush=True)
     return jobs
 
 

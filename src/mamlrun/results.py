@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,13 +167,13 @@ def _test_metrics(run_dir: Path, runs_dir: Path, evaluate: bool) -> tuple[dict, 
     return {}, "training, not tested yet"
 
 
-def missing_data(cell: str, reasons: dict[str, str | None]) -> str | None:
+def missing_data(cell: str, reasons: dict[str, str | None], overrides: Sequence[str] = ()) -> str | None:
     """Why a cell cannot run on this machine (its data set is absent), or None; memoised per data set."""
     from mamlrun.config import build
     from mamlrun.errors import MamlrunError
     from mamlrun.reproduce import compose_table
 
-    dataset = compose_table("table1", [f"experiment={cell}"]).dataset
+    dataset = compose_table("table1", [f"experiment={cell}", *overrides]).dataset
     if dataset.name not in reasons:
         try:
             build(dataset)
