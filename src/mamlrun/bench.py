@@ -39,6 +39,10 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from mamlrun.algorithms import ANIL, MAML, Algorithm, MAMLPlusPlus
+from mamlrun.algorithms.bmaml import BMAML
+from mamlrun.algorithms.emaml import EMAML
+from mamlrun.algorithms.leo import LEO
+from mamlrun.algorithms.platipus import PLATIPUS
 from mamlrun.data.tasks import TaskBatch
 from mamlrun.learner import MetaLearner
 from mamlrun.models import MLP, Conv4
@@ -284,6 +288,10 @@ ALGORITHMS: dict[str, Callable] = {
     "first-order MAML": engine("auto", first_order=True),
     "ANIL": engine("auto", ANIL),
     "MAML++ (MSL, LSLR, BNRS/BNWB)": engine("auto", MAMLPlusPlus),
+    "EMAML (5 particles)": engine("auto", EMAML, particles=5),
+    "BMAML (5 particles, chaser)": engine("auto", BMAML, particles=5),
+    "PLATIPUS (1 sample)": engine("auto", PLATIPUS),
+    "LEO (5 fine-tuning steps)": engine("auto", LEO),
 }
 HEADLINE = "mamlrun auto"  # what a user gets by default
 TARGETS = {  # case -> the ratio against learn2learn the engine aims for
