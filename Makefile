@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench bench-ddp reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion reproduce-uncertainty clean
+.PHONY: help install install-l2l run test test-slow lint format bench bench-ddp reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion reproduce-uncertainty reproduce-bmaml clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -77,11 +77,14 @@ reproduce-algorithms: install  ## MAML++ and ANIL on the cells their papers repo
 results-algorithms: install  ## rebuild results/algorithms (MAML++, ANIL beside their papers) from outputs/algorithms
 	$(BIN)/python -m mamlrun.results algorithms --evaluate $(ARGS)
 
-reproduce-uncertainty: install  ## EMAML, BMAML, PLATIPUS beside MAML: ambiguous regression (MSE, NLL, coverage, sampled functions) and BMAML's sinusoid, into results/uncertainty (QUICK=1: plumbing only)
-	rm -rf outputs/multirun/uncertainty$(SUFFIX) outputs/multirun/bmaml_sinusoid$(SUFFIX)
+reproduce-uncertainty: install  ## PLATIPUS's and LEO's ambiguous regression: MAML, EMAML, BMAML, PLATIPUS, LEO, pretrain (MSE, NLL, coverage, sampled functions) into results/uncertainty (QUICK=1: plumbing only)
+	rm -rf outputs/multirun/uncertainty$(SUFFIX)
 	$(BIN)/mamlrun -cd sweeps -cn uncertainty hydra.sweep.dir=outputs/multirun/uncertainty$(SUFFIX) $(DEBUG) $(ARGS)
-	$(BIN)/mamlrun -cd sweeps -cn bmaml_sinusoid hydra.sweep.dir=outputs/multirun/bmaml_sinusoid$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/uncertainty$(SUFFIX) --table uncertainty --out $(if $(QUICK),outputs/reports_quick,results/uncertainty)
+
+reproduce-bmaml: install  ## BMAML's sinusoid regression: EMAML against BMAML, K = 5 and 10, into results/uncertainty (QUICK=1: plumbing only)
+	rm -rf outputs/multirun/bmaml_sinusoid$(SUFFIX)
+	$(BIN)/mamlrun -cd sweeps -cn bmaml_sinusoid hydra.sweep.dir=outputs/multirun/bmaml_sinusoid$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/bmaml_sinusoid$(SUFFIX) --table bmaml_sinusoid --out $(if $(QUICK),outputs/reports_quick,results/uncertainty)
 
 reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random) and trajectory plots (QUICK=1: plumbing only)

@@ -9,6 +9,7 @@ import torch
 
 from mamlrun.algorithms.emaml import EMAML
 from mamlrun.data.functions import FunctionTasks
+from mamlrun.paths import SWEEPS_DIR
 from mamlrun.probabilistic import PosteriorSamples, Reliability, calibration
 from tests.algorithms.test_gradients import classification_batch, conv, make, mlp
 from tests.conftest import run_mamlrun
@@ -99,3 +100,28 @@ def test_probabilistic_algorithms_run_from_the_command_line(tmp_path, algorithm)
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"test/mse_mean", "test/nll_mean", "test/coverage_mean"} <= set(metrics)
     assert (run / "posterior_samples.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "sweep, table, params",
+    [
+        ("uncertainty", "uncertainty", ["algorithm=platipus"]),
+        ("bmaml_sinusoid", "bmaml_sinusoid", ["algorithm=bmaml", "shots=5"]),
+    ],
+)
+def test_reproduction_sweeps_write_their_tables_with_provenance(tmp_path, sweep, table, params):
+    """What `make reproduce-uncertainty` / `reproduce-bmaml` run, with debug=quick and fewer jobs."""
+    from mamlrun import report
+
+    sweep_dir = tmp_path / sweep
+    run_mamlrun(
+        "-m", "-cd", str(SWEEPS_DIR), "-cn", sweep, f"hydra.sweep.dir={sweep_dir}", "debug=quick", *params, cwd=tmp_path
+    )
+    assert report.main([str(sweep_dir), "--table", table, "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / f"{table}.md").read_text()
+    assert "Provenance: `make reproduce-" in text and "commit" in text
+    if table == "uncertainty":
+        assert "| platipus " in text and "95 % coverage" in text
+        assert (tmp_path / "out" / "posterior_samples.png").is_file()
+    else:
+        assert "| bmaml " in text and "test MSE" in text
