@@ -100,10 +100,11 @@ class EMAML(Algorithm):
 
     def meta_gradient(self, learner: MetaLearner, batch: TaskBatch) -> dict[str, torch.Tensor]:
         stats = super().meta_gradient(learner, batch)
-        # The loss is the particles' mean: scale so that each gets its own MAML meta-gradient.
-        grads = [p.grad for p in learner.parameters() if p.grad is not None]
-        if grads and self.particles > 1:
-            torch._foreach_mul_(grads, float(self.particles))
+        # The loss is the particles' mean: scale so that each gets its own MAML meta-gradient (the
+        # trainer zeroes the gradients before every meta-batch).
+        for p in learner.parameters():
+            if p.grad is not None and self.particles > 1:
+                p.grad.mul_(self.particles)
         return stats
 
     def predictions(self, learner: MetaLearner, batch: TaskBatch, steps: int) -> list[torch.Tensor]:
