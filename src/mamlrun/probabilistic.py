@@ -215,9 +215,11 @@ def uncertainty_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     with written[1].open("a") as md:
         md.write(provenance(sweep_dir, df, "make reproduce-uncertainty"))
     figures = {}
-    for job in sorted(Path(sweep_dir).glob("*/posterior_samples.json")):
-        data = json.loads(job.read_text())
-        figures[data["title"]] = data
+    for job in sorted(df["job"]):
+        path = Path(sweep_dir) / job / "posterior_samples.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            figures[data["title"]] = data
     if figures:
         written.append(plot_posterior_samples(dict(sorted(figures.items())), out_dir / "posterior_samples.png"))
     return written
