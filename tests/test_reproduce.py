@@ -153,3 +153,19 @@ def test_the_algorithms_table_trains_each_algorithm_with_its_own_experiment_file
     assert "skipping the miniimagenet cells" in capsys.readouterr().out
     (cmd, _), *_ = algorithm_jobs(tmp_path, data, "omniglot_20w1s", "anil", ranks=2)
     assert Path(cmd[0]).name == "torchrun" and cmd[1:5] == ["--standalone", "--nproc_per_node=2", "-m", "mamlrun"]
+
+
+def test_a_stopped_run_is_interrupted_whatever_its_launcher_exits_with(tmp_path):
+    """SIGTERM to the driver reaches the run; torchrun then exits 1 after its ranks checkpointed: resumable."""
+    import signal
+    import sys
+    import threading
+
+    child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(1)); time.sleep(60)"
+    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = reproduce.train([sys.executable, "-c", child], tmp_path / "run")
+    finally:
+        timer.cancel()
+    assert code == reproduce.INTERRUPTED

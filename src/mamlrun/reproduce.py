@@ -143,12 +143,20 @@ def train(cmd: list[str], run_dir: Path) -> int:
     before, started = (checkpoint_iteration(last) or 0) if last.is_file() else 0, time.time()
     commit = git_commit()  # the code this session runs, whatever the checkout holds when it ends
     proc = subprocess.Popen(cmd)
+    stopped: list[int] = []
+
+    def stop(signum, frame) -> None:
+        stopped.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
     # SIGTERM to this driver stops the run the way SIGTERM to the run does: checkpointed, resumable.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         code = proc.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stopped and code != 0:  # torchrun exits 1 when told to stop, after its ranks checkpointed
+        code = INTERRUPTED
     if run_dir.is_dir():
         record_session(run_dir, [Path(cmd[0]).name, *cmd[1:]], started, time.time(), before, code, commit)
     return code
