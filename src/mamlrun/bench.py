@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--algorithm-cases",
         default="omniglot_5w1s,omniglot_20w1s",
-        help="cases on which MAML, first-order MAML, ANIL and MAML++ are timed against each other ('': skip)",
+        help="cases on which every algorithm of bench.ALGORITHMS is timed against MAML ('': skip)",
     )
     parser.add_argument("--e2e-iterations", type=int, default=10, help="end-to-end Omniglot iterations (0: skip)")
     parser.add_argument("--omniglot", type=Path, help="Omniglot folder for the end-to-end comparison")
