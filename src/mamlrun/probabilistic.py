@@ -7,7 +7,7 @@
   the expected / maximum calibration error (ECE, MCE) of a classifier on the test tasks, pooled
   over every query prediction, as BMAML reports them.
 - :func:`uncertainty_report`, :func:`bmaml_sinusoid_report`: the tables of ``make
-  reproduce-uncertainty``.
+  reproduce-uncertainty`` and ``make reproduce-bmaml``.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def plot_reliability(runs: dict[str, dict], path: Path) -> Path:
     return path
 
 
-# -- the tables of make reproduce-uncertainty ----------------------------------------------------
+# -- the tables of make reproduce-uncertainty and make reproduce-bmaml --------------------------------
 def _runs(sweep_dir: Path, dataset: str) -> pd.DataFrame:
     from mamlrun.report import collect
 
@@ -251,5 +251,5 @@ def bmaml_sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     shown["iterations"], shown["wall (s)"] = table["iterations"], table["wall_s"].round(0)
     written = list(write_table(table, out_dir / "bmaml_sinusoid", shown))
     with written[1].open("a") as md:
-        md.write(provenance(sweep_dir, df, "make reproduce-uncertainty"))
+        md.write(provenance(sweep_dir, df, "make reproduce-bmaml"))
     return written
