@@ -26,12 +26,17 @@ class Objective:
             reported as ``mse``).
         metric: the evaluation metric that selects the best checkpoint and that sweepers optimise.
         higher_is_better: the direction of ``metric``.
+        predictive_names: the statistics of :meth:`predictive_stats` (several models per task).
+        scores_predictive: whether every algorithm is scored by :meth:`predictive_stats`, a point
+            estimate as one sample (tasks with an observation-noise model).
     """
 
     stat_names: ClassVar[tuple[str, ...]] = ("loss",)
     eval_names: ClassVar[dict[str, str]] = {}
     metric: ClassVar[str] = "loss"
     higher_is_better: ClassVar[bool] = False
+    predictive_names: ClassVar[tuple[str, ...]] = ("loss",)
+    scores_predictive: bool = False
 
     def task_stats(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-task statistics of batched outputs ``[tasks, n, ...]``: each a ``[tasks]`` tensor."""
@@ -48,10 +53,6 @@ class Objective:
         particles, posterior samples; one for a point estimate). Named by :attr:`predictive_names`.
         """
         raise NotImplementedError(f"{type(self).__name__} has no predictive distribution")
-
-    predictive_names: ClassVar[tuple[str, ...]] = ("loss",)
-    # Whether every algorithm is scored by :meth:`predictive_stats`, a point estimate as one sample.
-    scores_predictive: bool = False
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one task's outputs ``[n, ...]`` (works under ``vmap``)."""
