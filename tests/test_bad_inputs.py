@@ -154,8 +154,8 @@ CASES: dict[str, Case] = {
     "unknown key": Case(["no_such_key=1"], "unknown key 'no_such_key' (to add a new key, use +no_such_key=1)"),
     "unknown option": Case(
         ["algorithm=nope"],
-        "Could not find 'algorithm/nope' (available: anil, fomaml, fomaml_l2l, maml, maml_l2l, mamlpp, metasgd, "
-        "metasgd_l2l, pretrain, random, reptile)",
+        "Could not find 'algorithm/nope' (available: anil, bmaml, emaml, fomaml, fomaml_l2l, leo, maml, maml_l2l, "
+        "mamlpp, metasgd, metasgd_l2l, platipus, pretrain, random, reptile)",
     ),
     "unknown option in a sweep": Case(["-m", "experiment=nope,sinusoid"], "Could not find 'experiment/nope'"),
     "bad value in a sweep": Case(["-m", "inner_steps=1,-2"], "inner_steps must be at least 0"),

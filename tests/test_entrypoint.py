@@ -125,14 +125,16 @@ def test_the_logger_group_names_its_loggers_by_target():
     [
         ("sinusoid", ["learning_curve", "sinusoid_fit"]),
         ("navigation2d", ["learning_curve", "trajectories"]),
-        ("omniglot", ["learning_curve"]),
+        ("sine_line", ["learning_curve", "posterior_samples"]),
+        ("omniglot", ["learning_curve", "reliability"]),
         ("halfcheetah_dir", ["learning_curve"]),
     ],
 )
 def test_a_datasets_recipe_names_its_figures(dataset, figures):
     cfg = compose_config(f"dataset={dataset}")
     assert list(cfg.train.figures) == figures
-    assert all(node._target_.startswith("mamlrun.report.") for node in cfg.train.figures.values())
+    modules = ("mamlrun.report.", "mamlrun.probabilistic.")
+    assert all(node._target_.startswith(modules) for node in cfg.train.figures.values())
 
 
 def test_no_name_dispatch_in_the_runner():

@@ -16,6 +16,8 @@ LOCOMOTION = ("halfcheetah_dir", "halfcheetah_vel", "ant_dir", "ant_vel")
 # dataset -> (model, optimizer, recipe values): Finn et al. 2017 appendix A and section 5.3.
 RECIPES = {
     "sinusoid": ("mlp", "adam", {"inner_lr": 0.01, "meta_batch_size": 25, "inner_steps": 1}),
+    # the probabilistic papers' regression toys (their network: test_the_regression_toys_train_bmamls_regressor)
+    **{d: ("mlp", "adam", {"inner_lr": 0.01, "meta_batch_size": 25}) for d in ("sine_line", "bmaml_sinusoid")},
     "omniglot": (
         "conv4",
         "adam",
@@ -36,6 +38,12 @@ RECIPES = {
 }
 
 
+def test_the_regression_toys_train_bmamls_regressor():
+    """BMAML's 1-40-40-40-1 ReLU network (LEO's "3-layer MLP")."""
+    for dataset in ("sine_line", "bmaml_sinusoid"):
+        assert list(compose_config(f"dataset={dataset}").model.hidden) == [40, 40, 40]
+
+
 def test_every_dataset_has_a_recipe():
     assert set(DATASETS) == set(RECIPES)
 
@@ -47,7 +55,8 @@ def test_choosing_a_dataset_brings_its_network_and_recipe(dataset):
     assert (cfg.model.name, cfg.optimizer.name) == (model, optimizer)
     assert {k: cfg[k] for k in values} == values
     validate(cfg)  # a runnable combination as it stands, without further overrides
-    if dataset not in ("sinusoid", "cifarfs"):  # CIFAR-FS is no paper cell: no experiment file
+    # The regression datasets' recipes are quick defaults; CIFAR-FS is no paper cell: no experiment file.
+    if dataset not in ("sinusoid", "sine_line", "bmaml_sinusoid", "cifarfs"):
         assert cfg.meta_iterations == compose_config(f"experiment={_first_experiment(dataset)}").meta_iterations
 
 
