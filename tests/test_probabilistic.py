@@ -125,3 +125,12 @@ def test_reproduction_sweeps_write_their_tables_with_provenance(tmp_path, sweep,
         assert (tmp_path / "out" / "posterior_samples.png").is_file()
     else:
         assert "| bmaml " in text and "test MSE" in text
+
+
+def test_the_sinusoid_figure_draws_an_ensembles_mean():
+    from mamlrun.data.sinusoid import SinusoidTasks
+    from mamlrun.report import sinusoid_fit
+
+    learner = make(EMAML, mlp(), "regression", particles=3)
+    fit = sinusoid_fit(learner, SinusoidTasks(shots=5, query_shots=5).to("cpu", torch.float64), steps=(0, 1))
+    assert len(fit["step0"]) == len(fit["step1"]) == len(fit["x"]) == 200
