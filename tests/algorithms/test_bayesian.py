@@ -230,6 +230,23 @@ def test_bmaml_rejects_bad_options():
         EMAML(ALPHA, 1, 1, particles=0)
 
 
+def directional_derivatives(loss, params, grads, seed, eps=1e-6) -> tuple[float, float]:
+    """Along a random direction: the derivative from ``grads`` and the central difference of ``loss()``."""
+    g = torch.Generator().manual_seed(seed)
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(sign * eps * d)
+        values.append(loss().item())
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.sub_(sign * eps * d)
+    analytic = sum((gr * d).sum() for gr, d in zip(grads, direction)).item()
+    return analytic, (values[0] - values[1]) / (2 * eps)
+
+
 # -- PLATIPUS ---------------------------------------------------------------------------------------
 def platipus_loss(learner, batch, seed=3) -> torch.Tensor:
     """The mean over tasks of PLATIPUS's objective with the samples of ``seed``."""
@@ -247,20 +264,7 @@ def test_platipus_objective_gradient_matches_finite_differences(strategy):
             p.add_(0.05 * torch.randn_like(p))
     params = list(learner.parameters())
     grads = torch.autograd.grad(platipus_loss(learner, batch), params)
-    g = torch.Generator().manual_seed(5)
-    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
-    eps = 1e-6
-    values = []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.add_(sign * eps * d)
-        values.append(platipus_loss(learner, batch).item())
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.sub_(sign * eps * d)
-    numeric = (values[0] - values[1]) / (2 * eps)
-    analytic = sum((gr * d).sum() for gr, d in zip(grads, direction)).item()
+    analytic, numeric = directional_derivatives(lambda: platipus_loss(learner, batch), params, grads, seed=5)
     assert analytic == pytest.approx(numeric, rel=1e-6)
     # every kind of meta-parameter gets a gradient: the mean, both deviations, both shifts
     assert all(gr.abs().sum() > 0 for gr in grads)

@@ -7,6 +7,7 @@ import torch
 
 from mamlrun.algorithms.leo import LEO
 from mamlrun.errors import MamlrunError
+from tests.algorithms.test_bayesian import directional_derivatives
 from tests.algorithms.test_gradients import classification_batch, conv, make, mlp, regression_batch
 
 
@@ -69,19 +70,7 @@ def test_leo_meta_gradient_matches_finite_differences():
     params = [p for p in learner.parameters() if p.requires_grad]
     grads = torch.autograd.grad(leo_loss(learner, batch), params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    g = torch.Generator().manual_seed(1)
-    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
-    eps, values = 1e-6, []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.add_(sign * eps * d)
-        values.append(leo_loss(learner, batch).item())
-        with torch.no_grad():
-            for p, d in zip(params, direction):
-                p.sub_(sign * eps * d)
-    numeric = (values[0] - values[1]) / (2 * eps)
-    analytic = sum((gr * d).sum() for gr, d in zip(grads, direction)).item()
+    analytic, numeric = directional_derivatives(lambda: leo_loss(learner, batch), params, grads, seed=1)
     assert analytic == pytest.approx(numeric, rel=1e-5)
     named = dict(zip([n for n, p in learner.named_parameters() if p.requires_grad], grads))
     for part in ("encoder", "relation", "decoder", "latent_lr", "finetune_lr"):
