@@ -33,7 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
 from hydra.errors import OverrideParseException
 from hydra.types import RunMode
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 
 from mamlrun import rundirs
@@ -341,8 +341,10 @@ def _checked_classes(cfg: DictConfig, loggers: bool = False) -> Iterator[tuple[s
         if not isinstance(node, DictConfig) or not node.get("_target_"):
             continue
         try:
-            cls = get_class(node._target_)
+            cls = get_object(node._target_)
         except Exception:  # an unimportable target: building it reports it
+            continue
+        if not isinstance(cls, type):  # a factory function (``mamlrun.rl.half_cheetah``): no class checks
             continue
         yield key, cls, lambda node=node: OmegaConf.to_container(node, resolve=True)
 
@@ -372,9 +374,10 @@ def check_settings(group: str, node: DictConfig) -> None:
     """
     target = node.get("_target_")
     try:
-        cls = get_class(target)
-        hints = typing.get_type_hints(cls.__init__)
-        names = set(inspect.signature(cls.__init__).parameters)
+        built = get_object(target)
+        function = built.__init__ if isinstance(built, type) else built  # a class or a factory function
+        hints = typing.get_type_hints(function)
+        names = set(inspect.signature(function).parameters)
     except Exception:  # an unimportable target or unusual annotations: construction reports it
         return
     values = OmegaConf.to_container(node, resolve=True)

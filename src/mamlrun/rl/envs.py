@@ -20,6 +20,7 @@ from mamlrun import parallel
 from mamlrun.errors import MamlrunError
 from mamlrun.objectives import Return
 from mamlrun.rl.episodes import Episodes
+from mamlrun.rl.simulator import MujocoPool
 
 Actor = Callable[[torch.Tensor], torch.Tensor]
 
@@ -289,6 +290,11 @@ class Locomotion(EnvTasks):
     All ``tasks x trajectories`` episodes advance together: one policy call per time step for the
     whole meta-batch, then one physics step per live episode. Goals: direction tasks draw +1 or -1
     with equal probability; velocity tasks draw the target speed uniformly from ``goal_range``.
+
+    ``sampler="native"`` (the default) steps the episodes' MuJoCo data directly in ``sim_threads``
+    native threads (:class:`~mamlrun.rl.simulator.MujocoPool`; ``None``: torch's thread count);
+    ``sampler="gym"`` calls each episode's gymnasium ``step``, one at a time. Both give the same
+    trajectories; ``sim_timeout_s`` bounds one time step of the pool.
     """
 
     def __init__(
@@ -302,9 +308,17 @@ class Locomotion(EnvTasks):
         contact_cost: bool = False,
         survive_reward: float = 0.0,
         discount: float = 0.99,
+        sampler: str = "native",
+        sim_threads: int | None = None,
+        sim_timeout_s: float = 120.0,
     ) -> None:
         super().__init__(discount)
+        if sampler not in ("native", "gym"):
+            raise MamlrunError(f"dataset.sampler must be native or gym, got {sampler!r}")
         self.name, self.env_id, self.reward, self.horizon = name, env_id, reward, int(horizon)
+        self.sampler, self.sim_timeout_s = sampler, float(sim_timeout_s)
+        self.sim_threads = None if sim_threads is None else int(sim_threads)
+        self.ctrl_cost, self.contact_cost, self.survive_reward = float(ctrl_cost), bool(contact_cost), survive_reward
         self.goal_low, self.goal_high = (float(goal_range[0]),), (float(goal_range[1]),)
         self.task_kwargs = dict(
             reward=reward, ctrl_cost=ctrl_cost, contact_cost=contact_cost, survive_reward=survive_reward
@@ -312,7 +326,9 @@ class Locomotion(EnvTasks):
         self.pool: list[LocomotionTask] = []
         probe = self.make_env(bare=True)
         self.obs_dim, self.act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        self.action_low, self.action_high = probe.action_space.low, probe.action_space.high
         self.pool.append(probe)
+        self._native: MujocoPool | None = None
 
     def make_env(self, goal: float = 1.0, bare: bool = False) -> LocomotionTask:
         """One task as a gymnasium environment (truncated after ``horizon`` steps).
@@ -333,6 +349,52 @@ class Locomotion(EnvTasks):
         return goals
 
     def rollout(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
+        """Every episode of the meta-batch, stepped natively (``sampler=native``) or through gymnasium."""
+        if self.sampler == "gym":
+            return self._rollout_gym(act, goals, trajectories, draws)
+        return self._rollout_native(act, goals, trajectories, draws)
+
+    def native_pool(self) -> MujocoPool:
+        """The pool of native simulations (threads: ``sim_threads``, else torch's thread count)."""
+        if self._native is None:
+            threads = self.sim_threads or torch.get_num_threads()
+            self._native = MujocoPool(self.pool[0].unwrapped, threads, self.sim_timeout_s)
+        return self._native
+
+    def _rollout_native(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
+        tasks = goals.shape[0]
+        n = tasks * trajectories
+        pool = self.native_pool()
+        seeds = draws.integers(2**31 - 1, tasks, trajectories)
+        goal = np.asarray(goals.repeat_interleave(trajectories, 0).flatten().tolist())
+        current = pool.reset(seeds)
+        alive = np.ones(n, dtype=bool)
+        obs, actions, rewards, masks = [], [], [], []
+        for _ in range(self.horizon):
+            # A copy (torch.tensor): ``current`` changes in place below.
+            o = torch.tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
+            action = act(o)
+            a = np.clip(action.detach().reshape(n, -1).cpu().double().numpy(), self.action_low, self.action_high)
+            live, index = alive.copy(), np.flatnonzero(alive)
+            step = pool.step(index, a[index])
+            speed = step.x_velocity
+            forward = goal[index] * speed if self.reward == "direction" else -np.abs(speed - goal[index])
+            r = np.zeros(n)
+            r[index] = forward - self.ctrl_cost * np.square(a[index]).sum(axis=1) + self.survive_reward
+            if self.contact_cost:
+                r[index] += step.contact_reward
+            current[index] = step.obs
+            alive[index] = ~step.terminated
+            obs.append(o)
+            actions.append(action)
+            rewards.append(torch.as_tensor(r, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
+            masks.append(torch.as_tensor(live, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
+            if not parallel.any_rank(bool(alive.any())):
+                break
+        return _stack(obs, actions, rewards, masks, self.horizon)
+
+    def _rollout_gym(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
+        """The reference sampler: one ``env.step`` per live episode per time step, in one thread."""
         tasks = goals.shape[0]
         n = tasks * trajectories
         while len(self.pool) < n:
@@ -347,7 +409,8 @@ class Locomotion(EnvTasks):
         alive = np.ones(n, dtype=bool)
         obs, actions, rewards, masks = [], [], [], []
         for _ in range(self.horizon):
-            o = torch.as_tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
+            # A copy (torch.tensor): ``current`` changes in place below.
+            o = torch.tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
             action = act(o)
             a = action.detach().reshape(n, -1).cpu().double().numpy()
             r = np.zeros(n)
@@ -364,14 +427,18 @@ class Locomotion(EnvTasks):
         return _stack(obs, actions, rewards, masks, self.horizon)
 
 
-def half_cheetah(reward: str, goal_range=(0.0, 2.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
-    """Half-cheetah forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``)."""
-    return Locomotion(
-        f"halfcheetah_{reward[:3]}", "HalfCheetah-v5", reward, goal_range, horizon, 0.05, discount=discount
-    )
+def half_cheetah(
+    reward: str, goal_range=(0.0, 2.0), horizon: int = 200, discount: float = 0.99, **sampling
+) -> Locomotion:
+    """Half-cheetah forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``).
+
+    ``sampling``: ``sampler`` (``native`` or ``gym``), ``sim_threads``, ``sim_timeout_s`` (see :class:`Locomotion`).
+    """
+    name = f"halfcheetah_{reward[:3]}"
+    return Locomotion(name, "HalfCheetah-v5", reward, goal_range, horizon, 0.05, discount=discount, **sampling)
 
 
-def ant(reward: str, goal_range=(0.0, 3.0), horizon: int = 200, discount: float = 0.99) -> Locomotion:
+def ant(reward: str, goal_range=(0.0, 3.0), horizon: int = 200, discount: float = 0.99, **sampling) -> Locomotion:
     """Ant forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``)."""
     return Locomotion(
         f"ant_{reward[:3]}",
@@ -383,4 +450,5 @@ def ant(reward: str, goal_range=(0.0, 3.0), horizon: int = 200, discount: float 
         contact_cost=True,
         survive_reward=0.05,
         discount=discount,
+        **sampling,
     )
