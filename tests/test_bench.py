@@ -42,6 +42,10 @@ def test_bench_writes_interleaved_results_and_flops(tmp_path):
             "0",
             "--rl-repeats",
             "0",
+            "--rl-sim-rounds",
+            "0",
+            "--rl-iterations",
+            "0",
             "--algorithm-cases",
             "sinusoid",
             "--out",
@@ -74,3 +78,16 @@ def test_bench_ddp_reports_the_scaling_of_two_processes(tmp_path):
     assert report["speedup"] == pytest.approx(report["ms_1"] / report["ms_n"])
     assert report["efficiency"] == pytest.approx(report["speedup"] / 2)
     assert 0 < report["all_reduce_share"] < 1
+
+
+def test_rl_bench_times_the_samplers_and_splits_a_meta_iteration():
+    from mamlrun.rl.bench import iteration_profile, sampler_speed
+
+    rows = sampler_speed(rounds=1, horizon=3, tasks=2)
+    names = [r["implementation"] for r in rows]
+    assert names[0] == "gymnasium env.step loop" and "native, 1 thread" in names
+    assert rows[0]["speedup_vs_gymnasium"] == 1.0 and all(r["steps_per_s"] > 0 for r in rows)
+    assert rows[0]["physics_floor_us"] > 0
+    parts = iteration_profile(tasks=2, horizon=5)
+    assert sum(r["fraction"] for r in parts) == pytest.approx(1.0)
+    assert all(r["s"] >= 0 for r in parts) and parts[0]["s"] > 0

@@ -683,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-iterations", type=int, default=10, help="end-to-end Omniglot iterations (0: skip)")
     parser.add_argument("--omniglot", type=Path, help="Omniglot folder for the end-to-end comparison")
     parser.add_argument("--rl-repeats", type=int, default=2, help="timed MAML-TRPO meta-updates (0: skip)")
+    parser.add_argument(
+        "--rl-sim-rounds", type=int, default=3, help="half-cheetah pool rollouts per sampler, interleaved (0: skip)"
+    )
+    parser.add_argument(
+        "--rl-iterations", type=int, default=1, help="profiled half-cheetah MAML-TRPO meta-iterations (0: skip)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -712,6 +718,14 @@ def main(argv: list[str] | None = None) -> int:
         from mamlrun.rl.bench import rl_update
 
         rows += rl_update(args.rl_repeats)
+    if args.rl_sim_rounds:
+        from mamlrun.rl.bench import sampler_speed
+
+        rows += sampler_speed(args.rl_sim_rounds)
+    for _ in range(args.rl_iterations):
+        from mamlrun.rl.bench import iteration_profile
+
+        rows += iteration_profile()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env, "headline": summary, "results": rows}, indent=2))
     print(f"\nwritten: {args.out}")

@@ -1,11 +1,13 @@
 """Measured paper tables with their provenance, for ``results/<table>/`` and the README.
 
-Usage: ``python -m mamlrun.results {table1,algorithms} [--runs outputs/<table>] [--out results/<table>] [--evaluate]``
+Usage: ``python -m mamlrun.results {table1,algorithms,rl} [--runs outputs/<table>] [--out results/<table>]
+[--evaluate]``
 
 ``table1`` is the MAML paper's Table 1 (:data:`mamlrun.paper.TABLE1`); ``algorithms`` the
 algorithms built on the engine's hooks (MAML++, ANIL) beside their own papers
 (:data:`mamlrun.paper.ALGORITHMS`; run directories ``outputs/algorithms/<cell>__<algorithm>``
-trained with ``experiment=<algorithm>_<cell>``).
+trained with ``experiment=<algorithm>_<cell>``); ``rl`` the paper's meta-RL returns after 0-3 steps
+(:data:`mamlrun.paper.RL`), one row per run directory ``outputs/rl/<name>`` (``rl.csv``, ``rl.md``).
 
 Reads the fixed run directories that :mod:`mamlrun.reproduce` trains (``<runs>/<cell>__<algorithm>``)
 and writes, for every cell and algorithm of the paper's table (run or not):
@@ -122,8 +124,9 @@ def checkpoint_iteration(path: Path) -> int | None:
 
 
 def evaluate_partial(run_dir: Path, runs_dir: Path) -> Path | None:
-    """Test the best validated checkpoint of an unfinished run; return the eval run's directory."""
+    """Test the best validated checkpoint of an unfinished run (the last one if it never validates)."""
     ckpt = run_dir / "checkpoints" / "best.pt"
+    ckpt = ckpt if ckpt.is_file() else run_dir / "checkpoints" / "last.pt"
     iteration = checkpoint_iteration(ckpt) if ckpt.is_file() else None
     if iteration is None:
         return None
@@ -183,7 +186,89 @@ def missing_data(cell: str, reasons: dict[str, str | None], overrides: Sequence[
     return reasons[dataset.name]
 
 
-TABLES = {"table1": paper.TABLE1, "algorithms": paper.ALGORITHMS}
+TABLES = {"table1": paper.TABLE1, "algorithms": paper.ALGORITHMS, "rl": paper.RL}
+
+
+def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
+    """One row per meta-RL run directory under ``runs_dir``: returns after 0..3 steps beside the paper's.
+
+    The experiment and algorithm come from the run's config; provenance from its ``provenance.json``
+    (one entry per start: commit, overrides, processes); the wall time from its logged speed.
+    """
+    rows = []
+    for run_dir in sorted(p for p in runs_dir.glob("*__*") if (p / ".hydra").is_dir()):
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "")
+        algorithm = config["algorithm"]["name"]
+        published = paper.RL.get(experiment, {}).get(algorithm, {})
+        metrics, status = _test_metrics(run_dir, runs_dir, evaluate)
+        starts = [s for s in json.loads((run_dir / "provenance.json").read_text()) if s.get("mode") == "train"]
+        log = read_jsonl(run_dir / "metrics.jsonl")
+        speed = log["train/iters_per_s"].dropna() if "train/iters_per_s" in log else pd.Series(dtype=float)
+        row: dict[str, Any] = {"experiment": experiment, "algorithm": algorithm, "status": status}
+        row["meta_iterations"] = last_iteration(run_dir)
+        row["tested_iteration"] = metrics.get("test/checkpoint_iteration")
+        row["wall_h"] = round(row["meta_iterations"] / speed.mean() / 3600, 2) if len(speed) else None
+        for k in range(4):
+            if f"test/return_step{k}" in metrics:
+                row[f"return_step{k}"] = metrics[f"test/return_step{k}"]
+                row[f"ci95_step{k}"] = metrics[f"test/return_ci95_step{k}"]
+            row[f"paper_step{k}"] = published.get(k)
+        row["commands"] = " || ".join(
+            (f"torchrun --nproc_per_node={s['processes']} -m mamlrun " if s.get("processes", 1) > 1 else "mamlrun ")
+            + " ".join(s["overrides"])
+            for s in starts
+        )
+        row["commits"] = " ".join(dict.fromkeys(s["git_commit"][:12] for s in starts))
+        row["dates"] = " ".join(dict.fromkeys(s["started"][:10] for s in starts))
+        row["hardware"] = hardware()
+        rows.append(row)
+    return rows
+
+
+def rl_markdown(rows: list[dict]) -> str:
+    def cell(r: dict, k: int) -> str:
+        return with_ci(r.get(f"return_step{k}", float("nan")), r.get(f"ci95_step{k}", float("nan")), 2)
+
+    def published(r: dict) -> str:
+        values = [r[f"paper_step{k}"] for k in range(4)]
+        return "—" if values[0] is None else " / ".join(f"{v:.2f}" for v in values)
+
+    shown = pd.DataFrame(
+        {
+            "experiment": [r["experiment"] for r in rows],
+            "algorithm": [r["algorithm"] for r in rows],
+            **{f"{k} steps": [cell(r, k) for r in rows] for k in range(4)},
+            "paper (MAML, 0-3 steps)": [published(r) for r in rows],
+            "meta-iterations (tested)": [f"{r['meta_iterations']} ({r.get('tested_iteration') or '—'})" for r in rows],
+            "wall (h)": [r.get("wall_h") or "—" for r in rows],
+            "status": [r["status"] for r in rows],
+        }
+    )
+    lines = [shown.to_markdown(index=False), "", "Provenance (every training start of every run):", ""]
+    for r in rows:
+        lines.append(f"- {r['experiment']} {r['algorithm']}: commit {r['commits']}, {r['hardware']}, {r['dates']}")
+        lines += [f"  - `{c}`" for c in r["commands"].split(" || ")]
+    return "\n".join(lines) + "\n"
+
+
+def write_rl(runs_dir: Path, out: Path, evaluate: bool = False) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = rl_rows(runs_dir, evaluate)
+    pd.DataFrame(rows).to_csv(out / "rl.csv", index=False)
+    (out / "rl.md").write_text(rl_markdown(rows))
+    for run_dir in sorted(p for p in runs_dir.glob("*__*") if (p / ".hydra").is_dir()):
+        dest = out / "runs" / run_dir.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("metrics.jsonl", "provenance.json", "learning_curve.png"):
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, dest / name)
+        shutil.copyfile(run_dir / ".hydra" / "config.yaml", dest / "config.yaml")
+        evals = evaluations(run_dir, runs_dir)
+        if evals:
+            shutil.copyfile(evals[-1], dest / f"test_metrics_{evals[-1].parent.name.rsplit('__', 1)[1]}.json")
+    return [out / "rl.csv", out / "rl.md"]
 
 
 def table1_rows(runs_dir: Path, evaluate: bool = False, table: str = "table1") -> list[dict[str, Any]]:
@@ -345,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs.is_dir():
         print(f"mamlrun: error: {args.runs} is not a directory (train first: make reproduce-table1)", file=sys.stderr)
         return 2
-    for path in write_table1(args.runs, args.out, args.evaluate, args.table):
+    written = write_rl(args.runs, args.out, args.evaluate) if args.table == "rl" else None
+    for path in written or write_table1(args.runs, args.out, args.evaluate, args.table):
         print(path)
     print((args.out / f"{args.table}.md").read_text())
     return 0

@@ -22,7 +22,7 @@ from mamlrun.config import build, select_device, torch_dtype
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_failure, write_json
 from mamlrun.logging import MetricLogger, RunInfo, provenance, record_provenance
-from mamlrun.parallel import rank
+from mamlrun.parallel import rank, world_size
 from mamlrun.validation import validate
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def execute(cfg: DictConfig) -> float:
     if cfg.resume is True and not resumed:
         raise MamlrunError(f"resume=true but there is no checkpoint to continue from at {trainer.ckpt_dir / 'last.pt'}")
     if rank() == 0:
-        record_provenance(run_dir, origin, mode=cfg.mode, resume=resumed)
+        record_provenance(run_dir, origin, mode=cfg.mode, resume=resumed, processes=world_size())
     # W&B records the provenance beside the config; the checkpoint's config (compared on resume) does not.
     sweep = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
     resume_step = trainer.iteration if resumed else None

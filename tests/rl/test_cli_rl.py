@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -36,6 +37,26 @@ def test_navigation_run_reports_returns_after_each_step(tmp_path):
     for name in ("learning_curve.png", "trajectories.png", "trajectories.json", "checkpoints/last.pt"):
         assert (run_dir / name).exists(), name
     assert "test/return_step1" in proc.stdout
+
+
+def test_rl_results_table_puts_the_returns_beside_the_papers_with_provenance(tmp_path):
+    from mamlrun.results import write_rl
+
+    run_mamlrun(*TINY_RL, "meta_iterations=2", "hydra.run.dir=runs/nav__maml", cwd=tmp_path)
+    csv, md = write_rl(tmp_path / "runs", tmp_path / "results")
+    (row,) = pd.read_csv(csv).to_dict("records")
+    assert (row["experiment"], row["algorithm"], row["status"], row["meta_iterations"]) == (
+        "rl_navigation2d",
+        "maml",
+        "finished",
+        2,
+    )
+    metrics = read_metrics(tmp_path / "runs" / "nav__maml")
+    assert row["return_step3"] == pytest.approx(metrics["test/return_step3"])
+    assert row["paper_step3"] == -3.23 and row["commits"] and "mamlrun experiment=rl_navigation2d" in row["commands"]
+    text = md.read_text()
+    assert "-40.41 / -11.68 / -3.33 / -3.23" in text and "Provenance" in text
+    assert (tmp_path / "results" / "runs" / "nav__maml" / "metrics.jsonl").is_file()
 
 
 def test_random_init_is_evaluated_without_meta_training(tmp_path):

@@ -90,3 +90,14 @@ def test_discounted_returns_and_advantages():
     for task in range(2):
         valid = adv[task][mask[task] > 0]
         assert abs(valid.mean()) < 1e-9 and abs(valid.std(unbiased=False) - 1) < 1e-6
+
+
+def test_evaluation_samples_test_shots_trajectories_per_step():
+    """``test_shots`` sets the test-time trajectories per step (the paper's code tests with more than it trains)."""
+    tasks = Navigation2D(horizon=5)
+    batch = tasks.sample(3, "test", torch.Generator().manual_seed(0))
+    default = MetaRL(GaussianMLP((2,), 2), MAML(0.1, 1, 2), tasks, shots=4, query_shots=4)
+    wider = MetaRL(GaussianMLP((2,), 2), MAML(0.1, 1, 2), tasks, shots=4, query_shots=4, test_shots=7)
+    assert [e.mask.shape[1] for e in default.trajectories(batch, 2)] == [4, 4, 4]
+    assert [e.mask.shape[1] for e in wider.trajectories(batch, 2)] == [7, 7, 7]
+    assert default.evaluate(batch)["return"].shape == wider.evaluate(batch)["return"].shape == (3, 3)

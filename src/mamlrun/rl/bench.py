@@ -88,3 +88,124 @@ def rl_update(repeats: int = 2) -> list[dict]:
     for row in rows:
         row["speedup_vs_learn2learn"] = base / row["ms"] if base else None
     return rows
+
+
+# -- the simulator ------------------------------------------------------------------------------
+def _cheetah_learner(sampler: str, threads: int | None, tasks: int = 40) -> tuple[MetaRL, object]:
+    """The paper's half-cheetah direction shape: 40 tasks, 20 trajectories per step, horizon 200."""
+    from mamlrun.algorithms import MAML
+    from mamlrun.rl import half_cheetah
+
+    torch.manual_seed(0)
+    env_tasks = half_cheetah("direction", sampler=sampler, sim_threads=threads)
+    policy = GaussianMLP(env_tasks.input_shape, env_tasks.output_dim)
+    learner = MetaRL(policy, MAML(0.1, 1, 1), env_tasks, shots=20, query_shots=20)
+    return learner, env_tasks.sample(tasks, "train", torch.Generator().manual_seed(0))
+
+
+def physics_floor_us(steps: int = 2000) -> float:
+    """Microseconds of ``mj_step`` alone per half-cheetah env step (5 substeps), one thread, no Python around it."""
+    import mujoco
+    import numpy as np
+
+    from mamlrun.rl import half_cheetah
+
+    env = half_cheetah("direction").pool[0].unwrapped
+    env.reset(seed=0)
+    model, data = env.model, env.data
+    controls = np.random.default_rng(0).uniform(-1, 1, (steps, model.nu))
+    t0 = time.perf_counter()
+    for a in controls:
+        data.ctrl[:] = a
+        mujoco.mj_step(model, data, nstep=env.frame_skip)
+    return (time.perf_counter() - t0) / steps * 1e6
+
+
+def sampler_speed(rounds: int = 3, horizon: int = 50, tasks: int = 40) -> list[dict]:
+    """MuJoCo steps per second of the half-cheetah pool (40 x 20 episodes): gymnasium vs native threads.
+
+    Interleaved rounds of one rollout each (``horizon`` steps with the untrained policy); medians.
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    configs = {"gymnasium env.step loop": ("gym", None)}
+    configs.update({f"native, {k} thread{'s' * (k > 1)}": ("native", k) for k in sorted({1, cores})})
+    runs = {}
+    for name, (sampler, threads) in configs.items():
+        learner, batch = _cheetah_learner(sampler, threads, tasks)
+        learner.tasks.horizon = horizon
+        params = {k: v.detach() for k, v in learner.policy.batched_params(batch.num_tasks).items()}
+        learner.sample(params, batch.goals, 20, batch.draws())  # builds the pool (not timed)
+        runs[name] = (learner, params, batch)
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (learner, params, batch) in runs.items():
+            t0 = time.perf_counter()
+            learner.sample(params, batch.goals, 20, batch.draws())
+            times[name].append(time.perf_counter() - t0)
+    steps = batch.num_tasks * 20 * horizon
+    floor = physics_floor_us()
+    print(f"\nHalf-cheetah pool ({tasks} tasks x 20 trajectories, {horizon} steps, untrained policy), {cores} cores")
+    print(f"  mj_step alone: {floor:.1f} us per env step -> at most {1e6 / floor:,.0f} steps/s per thread")
+    rows, base = [], None
+    for name, t in times.items():
+        rate = steps / sorted(t)[(len(t) - 1) // 2]
+        base = base or rate
+        rows.append(
+            {
+                "case": "rl_halfcheetah_sampler",
+                "implementation": name,
+                "steps_per_s": rate,
+                "speedup_vs_gymnasium": rate / base,
+                "physics_floor_us": floor,
+                "cores": cores,
+            }
+        )
+        print(f"  {name:<28} {rate:10,.0f} steps/s   {rate / base:5.2f}x")
+    return rows
+
+
+def iteration_profile(tasks: int = 40, horizon: int = 200) -> list[dict]:
+    """Where one half-cheetah MAML-TRPO meta-iteration (paper shape, native sampler) spends its time."""
+    from mamlrun.rl.simulator import MujocoPool
+    from mamlrun.rl.trpo import TRPO
+
+    learner, batch = _cheetah_learner("native", None, tasks)
+    learner.tasks.horizon = horizon
+    spent = {"simulator": 0.0, "policy": 0.0}
+    step, actor = MujocoPool.step, learner.actor
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[key] += time.perf_counter() - t0
+            return out
+
+        return wrapper
+
+    MujocoPool.step = timed("simulator", step)
+    learner.actor = lambda params, draws: timed("policy", actor(params, draws))
+    try:
+        t0 = time.perf_counter()
+        learner.meta_gradient(batch)
+        t1 = time.perf_counter()
+        TRPO(learner.parameters()).step(*learner.step_args())
+        t2 = time.perf_counter()
+    finally:
+        MujocoPool.step = step
+    parts = {
+        "simulator (MuJoCo steps, threads)": spent["simulator"],
+        "policy (actions for the pool)": spent["policy"],
+        "rest of sampling (resets, advantages, inner step)": t1 - t0 - spent["simulator"] - spent["policy"],
+        "TRPO (surrogate, CG with J^T F J, line search)": t2 - t1,
+    }
+    total = t2 - t0
+    print(f"\nOne half-cheetah MAML-TRPO meta-iteration ({tasks} x 20 x {horizon}, twice): {total:.1f} s")
+    for name, seconds in parts.items():
+        print(f"  {name:<50} {seconds:6.1f} s  {seconds / total:5.1%}")
+    return [
+        {"case": "rl_halfcheetah_iteration", "implementation": name, "s": s, "fraction": s / total}
+        for name, s in parts.items()
+    ]
