@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench bench-ddp reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion reproduce-uncertainty reproduce-bmaml clean
+.PHONY: help install install-l2l run test test-slow lint format bench bench-ddp reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion results-rl reproduce-uncertainty reproduce-bmaml clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -92,9 +92,11 @@ reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3
 	$(BIN)/mamlrun -cd sweeps -cn rl_navigation2d hydra.sweep.dir=outputs/multirun/rl_navigation2d$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/rl_navigation2d$(SUFFIX) --table rl_navigation2d --out outputs/reports$(SUFFIX)
 
-reproduce-rl-locomotion: install  ## half-cheetah forward/backward (MAML, pretrained, random): hours on a CPU; ARGS=meta_iterations=N to stop early
-	$(BIN)/mamlrun -cd sweeps -cn rl_halfcheetah_dir hydra.sweep.dir=outputs/multirun/rl_halfcheetah_dir$(SUFFIX) $(DEBUG) $(ARGS)
-	$(BIN)/python -m mamlrun.report outputs/multirun/rl_halfcheetah_dir$(SUFFIX) --table rl_halfcheetah_dir --out outputs/reports$(SUFFIX)
+reproduce-rl-locomotion: install  ## half-cheetah forward/backward: MAML, pretrained, random, resumable (run again to continue), into results/rl (RANKS=2: two processes; CELLS=rl_ant_dir etc.)
+	$(BIN)/python -m mamlrun.reproduce rl --cells $(or $(CELLS),rl_halfcheetah_dir) $(if $(QUICK),--quick) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(if $(RANKS),--ranks $(RANKS)) $(ARGS)
+
+results-rl: install  ## rebuild results/rl from the runs in outputs/rl, testing unfinished runs from their last checkpoint
+	$(BIN)/python -m mamlrun.results rl --evaluate $(ARGS)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -169,3 +169,21 @@ def test_a_stopped_run_is_interrupted_whatever_its_launcher_exits_with(tmp_path)
     finally:
         timer.cancel()
     assert code == reproduce.INTERRUPTED
+
+
+def test_the_rl_table_trains_maml_pretrained_and_random_per_experiment(tmp_path):
+    from mamlrun.reproduce import rl_jobs
+
+    jobs = rl_jobs(tmp_path, ["seed=1"], "rl_halfcheetah", None)
+    assert [run.name for _, run in jobs] == [
+        "rl_halfcheetah_dir__maml",
+        "rl_halfcheetah_dir__pretrain",
+        "rl_halfcheetah_dir__random",
+    ]
+    cmd, run = jobs[1]
+    assert cmd[1:] == [f"hydra.run.dir={run}", "experiment=rl_halfcheetah_dir", "algorithm=pretrain", "seed=1"]
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    assert "resume=true" in rl_jobs(tmp_path, [], "rl_halfcheetah_dir", "pretrain")[0][0]
+    with pytest.raises(reproduce.MamlrunError, match="no experiment matches 'rl_walker'"):
+        rl_jobs(tmp_path, [], "rl_walker", None)

@@ -1,11 +1,13 @@
 """``make reproduce-table1``: train every cell of a paper table on the data present, then report.
 
-Usage: ``python -m mamlrun.reproduce {table1,algorithms} [--quick] [--cells omniglot_5w1s,...]
+Usage: ``python -m mamlrun.reproduce {table1,algorithms,rl} [--quick] [--cells omniglot_5w1s,...]
 [--algorithms maml,...] [--runs DIR] [--out DIR] [override ...]``
 
 ``algorithms`` trains the algorithms built on the engine's hooks (MAML++, ANIL) on the cells their
 papers report (:data:`mamlrun.paper.ALGORITHMS`), each with its own experiment file
-(``experiment=<algorithm>_<cell>``), in ``outputs/algorithms/<cell>__<algorithm>``.
+(``experiment=<algorithm>_<cell>``), in ``outputs/algorithms/<cell>__<algorithm>``. ``rl`` trains the
+paper's meta-RL experiments (:data:`mamlrun.paper.RL`; ``--cells rl_halfcheetah_dir``) with MAML, the
+pretrained policy and the random initialisation, in ``outputs/rl/<experiment>__<algorithm>``.
 
 The cells and algorithms come from the table's sweep file (``sweeps/table1.yaml``). Each cell is
 checked first (its dataset is built); cells whose data is missing are skipped with the reason, so
@@ -208,9 +210,22 @@ def algorithm_jobs(runs_dir: Path, overrides: list[str], cells: str | None, algo
     return jobs
 
 
+RL_ALGORITHMS = ["maml", "pretrain", "random"]  # the paper's comparison on every meta-RL experiment
+
+
+def rl_jobs(runs_dir: Path, overrides: list[str], cells: str | None, algorithms: str | None, ranks: int = 1):
+    """The (command, run directory) of every selected meta-RL experiment and algorithm (:data:`mamlrun.paper.RL`)."""
+    from mamlrun import paper
+
+    experiments = _selected(list(paper.RL), cells, "experiment")
+    chosen = _selected(RL_ALGORITHMS, algorithms, "algorithm")
+    dirs = [(e, a, runs_dir / f"{e}__{a}") for e in experiments for a in chosen]
+    return [(run_command(e, a, run_dir, overrides, ranks), run_dir) for e, a, run_dir in dirs]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mamlrun.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["table1", "algorithms"])
+    parser.add_argument("table", choices=["table1", "algorithms", "rl"])
     parser.add_argument("--quick", action="store_true", help="a few iterations per cell: the plumbing only")
     parser.add_argument("--cells", help="comma-separated cell names or prefixes (default: every cell)")
     parser.add_argument("--algorithms", help="comma-separated algorithms (default: the sweep file's)")
@@ -224,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs or Path(f"outputs/{args.table}{'_quick' if args.quick else ''}")
     out = args.out or (Path("outputs/reports_quick") if args.quick else Path("results") / args.table)
     overrides = [*(QUICK if args.quick else []), *args.overrides]
-    if args.table == "algorithms":
+    if args.table in ("algorithms", "rl"):
+        select = algorithm_jobs if args.table == "algorithms" else rl_jobs
         try:
-            jobs = algorithm_jobs(runs_dir, overrides, args.cells, args.algorithms, args.ranks)
+            jobs = select(runs_dir, overrides, args.cells, args.algorithms, args.ranks)
         except MamlrunError as exc:
             print(f"mamlrun: error: {exc}", file=sys.stderr)
             return 2
