@@ -362,9 +362,18 @@ class Locomotion(EnvTasks):
         return self._native
 
     def _rollout_native(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
+        # The policy runs on one torch thread meanwhile: torch's idle OpenMP threads spin on the cores
+        # the simulator threads need (measured: 1.7x more steps per second with two simulator threads).
+        pool, threads = self.native_pool(), torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._step_pool(pool, act, goals, trajectories, draws)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _step_pool(self, pool: MujocoPool, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws):
         tasks = goals.shape[0]
         n = tasks * trajectories
-        pool = self.native_pool()
         seeds = draws.integers(2**31 - 1, tasks, trajectories)
         goal = np.asarray(goals.repeat_interleave(trajectories, 0).flatten().tolist())
         current = pool.reset(seeds)

@@ -97,12 +97,12 @@ class MujocoPool:
     """
 
     def __init__(self, env, threads: int = 1, timeout_s: float = 120.0) -> None:
+        self._workers: ThreadPool | None = None
         self.env, self.model = env, env.model
         self.frame_skip, self.dt = int(env.frame_skip), float(env.dt)
         self.readout = Readout.of(env)
         self.threads, self.timeout_s = max(1, int(threads)), float(timeout_s)
         self.data: list[mujoco.MjData] = []
-        self._workers: ThreadPool | None = None
         m = self.model
         self._qpos = np.zeros((0, m.nq))
         self._qvel = np.zeros((0, m.nv))
