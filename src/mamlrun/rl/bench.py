@@ -163,6 +163,16 @@ def sampler_speed(rounds: int = 3, horizon: int = 50, tasks: int = 40) -> list[d
             }
         )
         print(f"  {name:<28} {rate:10,.0f} steps/s   {rate / base:5.2f}x")
+    rates = {r["implementation"]: r["steps_per_s"] for r in rows}
+    one, two = rates.get("native, 1 thread"), rates.get("native, 2 threads")
+    if one and two and two > one:
+        # Amdahl from the 1- and 2-thread rates: t(k) = serial + parallel / k per env step.
+        parallel = 2 * (1 / one - 1 / two)
+        serial = 1 / one - parallel
+        for k in (4, 8, 16):
+            estimate = 1 / (serial + parallel / k)
+            rows[-1][f"estimate_{k}_threads"] = estimate
+            print(f"  estimate with {k:>2} simulator threads (Amdahl, from 1 and 2): {estimate:10,.0f} steps/s")
     return rows
 
 
