@@ -87,10 +87,11 @@ reproduce-bmaml: install  ## BMAML's sinusoid regression: EMAML against BMAML, K
 	$(BIN)/mamlrun -cd sweeps -cn bmaml_sinusoid hydra.sweep.dir=outputs/multirun/bmaml_sinusoid$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/bmaml_sinusoid$(SUFFIX) --table bmaml_sinusoid --out $(if $(QUICK),outputs/reports_quick,results/uncertainty)
 
-reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random) and trajectory plots (QUICK=1: plumbing only)
+reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random), trajectory plots and provenance into results/rl_navigation2d (QUICK=1: plumbing only)
 	rm -rf outputs/multirun/rl_navigation2d$(SUFFIX)
 	$(BIN)/mamlrun -cd sweeps -cn rl_navigation2d hydra.sweep.dir=outputs/multirun/rl_navigation2d$(SUFFIX) $(DEBUG) $(ARGS)
-	$(BIN)/python -m mamlrun.report outputs/multirun/rl_navigation2d$(SUFFIX) --table rl_navigation2d --out outputs/reports$(SUFFIX)
+	$(BIN)/python -m mamlrun.report outputs/multirun/rl_navigation2d$(SUFFIX) --table rl_navigation2d --out $(if $(QUICK),outputs/reports_quick,results/rl_navigation2d)
+	$(if $(QUICK),,$(BIN)/python -m mamlrun.results rl --runs outputs/multirun/rl_navigation2d --out results/rl_navigation2d)
 
 reproduce-rl-locomotion: install  ## half-cheetah forward/backward: MAML, pretrained, random, resumable (run again to continue), into results/rl (RANKS=2: two processes; CELLS=rl_ant_dir etc.)
 	$(BIN)/python -m mamlrun.reproduce rl --cells $(or $(CELLS),rl_halfcheetah_dir) $(if $(QUICK),--quick) $(if $(ALGORITHMS),--algorithms $(ALGORITHMS)) $(if $(RANKS),--ranks $(RANKS)) $(ARGS)

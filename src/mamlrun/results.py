@@ -189,14 +189,19 @@ def missing_data(cell: str, reasons: dict[str, str | None], overrides: Sequence[
 TABLES = {"table1": paper.TABLE1, "algorithms": paper.ALGORITHMS, "rl": paper.RL}
 
 
+def rl_run_dirs(runs_dir: Path) -> list[Path]:
+    """The runs in ``runs_dir`` (``reproduce rl`` directories or a sweep's jobs), each with a config and provenance."""
+    return sorted(p for p in runs_dir.iterdir() if (p / ".hydra").is_dir() and (p / "provenance.json").is_file())
+
+
 def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
-    """One row per meta-RL run directory under ``runs_dir``: returns after 0..3 steps beside the paper's.
+    """One row per meta-RL run under ``runs_dir``: returns after 0..3 steps beside the paper's.
 
     The experiment and algorithm come from the run's config; provenance from its ``provenance.json``
     (one entry per start: commit, overrides, processes); the wall time from its logged speed.
     """
     rows = []
-    for run_dir in sorted(p for p in runs_dir.glob("*__*") if (p / ".hydra").is_dir()):
+    for run_dir in rl_run_dirs(runs_dir):
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
         overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
         experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "")
@@ -258,7 +263,7 @@ def write_rl(runs_dir: Path, out: Path, evaluate: bool = False) -> list[Path]:
     rows = rl_rows(runs_dir, evaluate)
     pd.DataFrame(rows).to_csv(out / "rl.csv", index=False)
     (out / "rl.md").write_text(rl_markdown(rows))
-    for run_dir in sorted(p for p in runs_dir.glob("*__*") if (p / ".hydra").is_dir()):
+    for run_dir in rl_run_dirs(runs_dir):
         dest = out / "runs" / run_dir.name
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("metrics.jsonl", "provenance.json", "learning_curve.png"):
