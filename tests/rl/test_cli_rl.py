@@ -26,9 +26,11 @@ TINY_RL = [
 ]
 
 
-def test_navigation_run_reports_returns_after_each_step(tmp_path):
-    proc = run_mamlrun(*TINY_RL, "meta_iterations=4", "hydra.run.dir=out", cwd=tmp_path)
-    run_dir = tmp_path / "out"
+def test_navigation_run_reports_returns_after_each_step_and_its_results_row(tmp_path):
+    from mamlrun.results import write_rl
+
+    proc = run_mamlrun(*TINY_RL, "meta_iterations=4", "hydra.run.dir=runs/nav__maml", cwd=tmp_path)
+    run_dir = tmp_path / "runs" / "nav__maml"
     metrics = read_metrics(run_dir)
     assert metrics["train/meta_iterations"] == 4
     for k in range(4):
@@ -37,21 +39,15 @@ def test_navigation_run_reports_returns_after_each_step(tmp_path):
     for name in ("learning_curve.png", "trajectories.png", "trajectories.json", "checkpoints/last.pt"):
         assert (run_dir / name).exists(), name
     assert "test/return_step1" in proc.stdout
-
-
-def test_rl_results_table_puts_the_returns_beside_the_papers_with_provenance(tmp_path):
-    from mamlrun.results import write_rl
-
-    run_mamlrun(*TINY_RL, "meta_iterations=2", "hydra.run.dir=runs/nav__maml", cwd=tmp_path)
+    # results/rl: the returns beside the paper's, with the run's provenance.
     csv, md = write_rl(tmp_path / "runs", tmp_path / "results")
     (row,) = pd.read_csv(csv).to_dict("records")
     assert (row["experiment"], row["algorithm"], row["status"], row["meta_iterations"]) == (
         "rl_navigation2d",
         "maml",
         "finished",
-        2,
+        4,
     )
-    metrics = read_metrics(tmp_path / "runs" / "nav__maml")
     assert row["return_step3"] == pytest.approx(metrics["test/return_step3"])
     assert row["paper_step3"] == -3.23 and row["commits"] and "mamlrun experiment=rl_navigation2d" in row["commands"]
     text = md.read_text()
