@@ -178,6 +178,64 @@ class Trajectories:
         return plot_navigation_paths({self.title: paths}, run_dir / "trajectories.png")
 
 
+def forward_speeds(learner, sampler, goals: list[float], steps: int = 3, seed: int = FIGURE_TASK_SEED) -> dict:
+    """Mean forward velocity over time per goal, before adaptation and after each of ``steps`` steps (locomotion)."""
+    from mamlrun.rl.envs import EnvTaskBatch
+
+    device = next(learner.parameters()).device
+    seed_draw = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(seed)).item())
+    batch = EnvTaskBatch(torch.tensor(goals, dtype=sampler.dtype, device=device).view(-1, 1), seed_draw)
+    out: dict[str, Any] = {"goals": goals, "reward": sampler.reward}
+    for k, episodes in enumerate(learner.trajectories(batch, steps)):
+        mask = episodes.mask
+        speed = (episodes.speed * mask).sum(1) / mask.sum(1).clamp(min=1)  # [goals, horizon]
+        out[f"speed_step{k}"] = speed.tolist()
+        out[f"return_step{k}"] = episodes.returns.mean(1).tolist()
+    return out
+
+
+class ForwardVelocity:
+    """A locomotion run's figure: ``velocity.png`` (and ``velocity.json``), the forward velocity over an episode.
+
+    For a forward and a backward task (direction tasks) or a slow and a fast target (velocity tasks),
+    the velocity averaged over the test-time trajectories before adaptation and after each step,
+    like the paper's videos of the adapted cheetah.
+    """
+
+    def __init__(self, title: str, steps: int = 3) -> None:
+        self.title, self.steps = title, min(3, steps)
+
+    def __call__(self, run_dir: Path, learner, sampler) -> Path:
+        if sampler.reward == "direction":
+            goals = [1.0, -1.0]
+        else:
+            low, high = sampler.goal_low[0], sampler.goal_high[0]
+            goals = [low + 0.25 * (high - low), low + 0.75 * (high - low)]
+        run = forward_speeds(learner, sampler, goals, self.steps)
+        (run_dir / "velocity.json").write_text(json.dumps(run))
+        return plot_forward_speeds(run, self.title, run_dir / "velocity.png")
+
+
+def plot_forward_speeds(run: dict, title: str, path: Path) -> Path:
+    steps = sorted(int(k.removeprefix("speed_step")) for k in run if k.startswith("speed_step"))
+    fig, axes = plt.subplots(1, len(run["goals"]), figsize=(4.2 * len(run["goals"]), 3.4), squeeze=False)
+    for g, (ax, goal) in enumerate(zip(axes[0], run["goals"], strict=True)):
+        for k in steps:
+            label = "pre-update" if k == 0 else f"{k} step{'s' if k > 1 else ''}"
+            label += f" (return {run[f'return_step{k}'][g]:.0f})"
+            ax.plot(run[f"speed_step{k}"][g], color=f"C{k}", lw=1.2, label=label)
+        if run["reward"] == "velocity":
+            ax.axhline(goal, color="k", ls="--", lw=0.8, label="target")
+        name = {1.0: "forward", -1.0: "backward"}.get(goal) if run["reward"] == "direction" else f"target {goal:.2f}"
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.set(title=f"{title}: {name}", xlabel="time step", ylabel="forward velocity")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # -- sweeps ---------------------------------------------------------------------------------
 def collect(sweep_dir: Path) -> pd.DataFrame:
     """One row per finished job of a sweep: its overrides, a few config values, its final metrics."""

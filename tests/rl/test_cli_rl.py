@@ -93,3 +93,28 @@ def test_rl_config_errors_are_one_line(tmp_path, args, fragment):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and fragment in proc.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_locomotion_run_draws_the_forward_velocity_before_and_after_adaptation(tmp_path):
+    import json
+
+    run_mamlrun(
+        "experiment=rl_halfcheetah_dir",
+        "meta_batch_size=2",
+        "shots=2",
+        "dataset.horizon=15",
+        "meta_iterations=1",
+        "eval.test_tasks=2",
+        "eval.batch_size=2",
+        "train.progress=false",
+        "hydra.run.dir=out",
+        cwd=tmp_path,
+    )
+    run = json.loads((tmp_path / "out" / "velocity.json").read_text())
+    assert (tmp_path / "out" / "velocity.png").is_file() and run["goals"] == [1.0, -1.0]
+    for k in range(4):
+        speeds = run[f"speed_step{k}"]
+        assert len(speeds) == 2 and all(len(s) == 15 for s in speeds)
+        for goal, speed, ret in zip(run["goals"], speeds, run[f"return_step{k}"], strict=True):
+            # Return = sum of goal * velocity minus a control cost: never above the velocity's part.
+            assert ret <= goal * sum(speed) + 1e-4

@@ -31,7 +31,7 @@ def roll(tasks, tasks_n: int, trajectories: int, seed: int, scale: float = 3.0):
 
 
 def assert_same(a, b) -> None:
-    for field in ("obs", "actions", "rewards", "mask"):
+    for field in ("obs", "actions", "rewards", "mask", "speed"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
 
 

@@ -232,11 +232,11 @@ class Navigation2D(EnvTasks):
         return _stack(obs, actions, rewards, masks, self.horizon)
 
 
-def _stack(obs, actions, rewards, masks, horizon: int) -> Episodes:
+def _stack(obs, actions, rewards, masks, horizon: int, speeds=None) -> Episodes:
     """Stack per-step tensors along a time axis, zero-padding to ``horizon`` steps."""
     pad = horizon - len(obs)
     parts = []
-    for seq in (obs, actions, rewards, masks):
+    for seq in (obs, actions, rewards, masks, *([speeds] if speeds else [])):
         t = torch.stack(seq, dim=2)
         if pad:
             t = torch.cat([t, t.new_zeros(*t.shape[:2], pad, *t.shape[3:])], dim=2)
@@ -378,7 +378,7 @@ class Locomotion(EnvTasks):
         goal = np.asarray(goals.repeat_interleave(trajectories, 0).flatten().tolist())
         current = pool.reset(seeds)
         alive = np.ones(n, dtype=bool)
-        obs, actions, rewards, masks = [], [], [], []
+        obs, actions, rewards, masks, speeds = [], [], [], [], []
         for _ in range(self.horizon):
             # A copy (torch.tensor): ``current`` changes in place below.
             o = torch.tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
@@ -394,13 +394,16 @@ class Locomotion(EnvTasks):
                 r[index] += step.contact_reward
             current[index] = step.obs
             alive[index] = ~step.terminated
+            v = np.zeros(n)
+            v[index] = speed
             obs.append(o)
             actions.append(action)
             rewards.append(torch.as_tensor(r, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
             masks.append(torch.as_tensor(live, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
+            speeds.append(torch.as_tensor(v, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
             if not parallel.any_rank(bool(alive.any())):
                 break
-        return _stack(obs, actions, rewards, masks, self.horizon)
+        return _stack(obs, actions, rewards, masks, self.horizon, speeds)
 
     def _rollout_gym(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
         """The reference sampler: one ``env.step`` per live episode per time step, in one thread."""
@@ -416,24 +419,25 @@ class Locomotion(EnvTasks):
             env.goal = goal_list[i]
             current[i] = env.reset(seed=seeds[i])[0]
         alive = np.ones(n, dtype=bool)
-        obs, actions, rewards, masks = [], [], [], []
+        obs, actions, rewards, masks, speeds = [], [], [], [], []
         for _ in range(self.horizon):
             # A copy (torch.tensor): ``current`` changes in place below.
             o = torch.tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
             action = act(o)
             a = action.detach().reshape(n, -1).cpu().double().numpy()
-            r = np.zeros(n)
+            r, v = np.zeros(n), np.zeros(n)
             live = alive.copy()
             for i in np.flatnonzero(alive):
-                current[i], r[i], terminated, _, _ = envs[i].step(a[i])
-                alive[i] = not terminated
+                current[i], r[i], terminated, _, info = envs[i].step(a[i])
+                alive[i], v[i] = not terminated, info["x_velocity"]
             obs.append(o)
             actions.append(action)
             rewards.append(torch.as_tensor(r, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
             masks.append(torch.as_tensor(live, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
+            speeds.append(torch.as_tensor(v, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
             if not parallel.any_rank(bool(alive.any())):
                 break
-        return _stack(obs, actions, rewards, masks, self.horizon)
+        return _stack(obs, actions, rewards, masks, self.horizon, speeds)
 
 
 def half_cheetah(

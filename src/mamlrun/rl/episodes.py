@@ -20,12 +20,15 @@ class Episodes:
         actions: ``[tasks, trajectories, horizon, act_dim]``, as sampled (before the env clips them).
         rewards: ``[tasks, trajectories, horizon]``.
         mask: ``[tasks, trajectories, horizon]``, 1.0 for steps that happened.
+        speed: ``[tasks, trajectories, horizon]``, the forward velocity of each step (locomotion
+            tasks; ``None`` elsewhere), for figures.
     """
 
     obs: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
     mask: torch.Tensor
+    speed: torch.Tensor | None = None
 
     @property
     def returns(self) -> torch.Tensor:
