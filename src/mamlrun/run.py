@@ -163,6 +163,7 @@ def evaluate_checkpoint(
     metrics["test/wall_s"] = time.perf_counter() - started
     if rank() == 0:
         write_json(run_dir / "metrics.json", metrics)
+        draw_figures(cfg, run_dir, learner, sampler)  # the checkpoint's figures (trajectories, velocity, ...)
     key, _ = objective_key(learner, "test")
     print_summary(metrics, run_dir, key, False, metrics["test/wall_s"])
     return metrics[key]
