@@ -198,13 +198,16 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
     """One row per meta-RL run under ``runs_dir``: returns after 0..3 steps beside the paper's.
 
     The experiment and algorithm come from the run's config; provenance from its ``provenance.json``
-    (one entry per start: commit, overrides, processes); the wall time from its logged speed.
+    (one entry per start: commit, overrides, processes); the wall time is a finished run's own, else
+    the one its logged speed implies.
     """
     rows = []
     for run_dir in rl_run_dirs(runs_dir):
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
-        experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "")
+        hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        experiment = hydra["runtime"]["choices"].get("experiment") or ""
+        # A sweep's job: its command is the sweep file's with the job's overrides.
+        sweep = f"-cd sweeps -cn {hydra['job']['config_name']} " if hydra.get("mode") == "MULTIRUN" else ""
         algorithm = config["algorithm"]["name"]
         published = paper.RL.get(experiment, {}).get(algorithm, {})
         metrics, status = _test_metrics(run_dir, runs_dir, evaluate)
@@ -214,7 +217,10 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"experiment": experiment, "algorithm": algorithm, "status": status}
         row["meta_iterations"] = last_iteration(run_dir)
         row["tested_iteration"] = metrics.get("test/checkpoint_iteration")
-        row["wall_h"] = round(row["meta_iterations"] / speed.mean() / 3600, 2) if len(speed) else None
+        wall_s = metrics.get("train/wall_s")  # a finished run's own; else from its logged speed
+        if wall_s is None and len(speed):
+            wall_s = row["meta_iterations"] / speed.mean()
+        row["wall_h"] = None if wall_s is None else round(wall_s / 3600, 2)
         for k in range(4):
             if f"test/return_step{k}" in metrics:
                 row[f"return_step{k}"] = metrics[f"test/return_step{k}"]
@@ -222,6 +228,7 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
             row[f"paper_step{k}"] = published.get(k)
         row["commands"] = " || ".join(
             (f"torchrun --nproc_per_node={s['processes']} -m mamlrun " if s.get("processes", 1) > 1 else "mamlrun ")
+            + sweep
             + " ".join(s["overrides"])
             for s in starts
         )
