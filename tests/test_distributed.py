@@ -256,3 +256,21 @@ def test_torchrun_runs_the_command_on_two_ranks_like_one_process(tmp_path):
     assert metrics[0].keys() == metrics[1].keys()
     for key, value in metrics[0].items():
         assert metrics[1][key] == pytest.approx(value, abs=1e-10), key
+
+
+def test_rank_zero_draws_rollout_figures_alone_after_the_other_ranks_finish(tmp_path):
+    """A locomotion run under ``torchrun``: its figure's rollouts run on rank 0 only, without collectives."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    args = ["experiment=rl_halfcheetah_dir", "meta_batch_size=2", "shots=2", "dataset.horizon=10"]
+    args += ["meta_iterations=1", "eval.test_tasks=2", "eval.batch_size=2", "train.progress=false"]
+    proc = subprocess.run(
+        [*command, "-m", "mamlrun", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "velocity.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()

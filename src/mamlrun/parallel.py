@@ -21,9 +21,11 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -52,9 +54,27 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+_ALONE = False  # inside alone(): this process runs collectives with no one
+
+
 def distributed() -> bool:
-    """Whether this process is one of several (after :func:`adopt_slurm_environment`)."""
-    return world_size() > 1
+    """Whether this process is one of several (after :func:`adopt_slurm_environment`), outside :func:`alone`."""
+    return world_size() > 1 and not _ALONE
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Within: this process computes as if it were the only one (no collectives).
+
+    For work that rank 0 does by itself, such as drawing figures from rollouts, while the other
+    ranks have finished: a collective there would wait for ranks that are gone.
+    """
+    global _ALONE
+    previous, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = previous
 
 
 def adopt_slurm_environment() -> None:

@@ -83,7 +83,9 @@ def execute(cfg: DictConfig) -> float:
         logger.summary(metrics)
         if rank() == 0:
             write_json(run_dir / "metrics.json", metrics)
-            for name, path in draw_figures(cfg, run_dir, learner, sampler).items():
+            with parallel.alone():  # the other ranks have finished: rank 0's rollouts are its own
+                figures = draw_figures(cfg, run_dir, learner, sampler)
+            for name, path in figures.items():
                 logger.image(name, path, trainer.iteration)
     finally:
         logger.finish()
@@ -163,7 +165,8 @@ def evaluate_checkpoint(
     metrics["test/wall_s"] = time.perf_counter() - started
     if rank() == 0:
         write_json(run_dir / "metrics.json", metrics)
-        draw_figures(cfg, run_dir, learner, sampler)  # the checkpoint's figures (trajectories, velocity, ...)
+        with parallel.alone():
+            draw_figures(cfg, run_dir, learner, sampler)  # the checkpoint's figures (trajectories, velocity, ...)
     key, _ = objective_key(learner, "test")
     print_summary(metrics, run_dir, key, False, metrics["test/wall_s"])
     return metrics[key]
