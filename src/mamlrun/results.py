@@ -198,8 +198,8 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
     """One row per meta-RL run under ``runs_dir``: returns after 0..3 steps beside the paper's.
 
     The experiment and algorithm come from the run's config; provenance from its ``provenance.json``
-    (one entry per start: commit, overrides, processes); the wall time is a finished run's own, else
-    the one its logged speed implies.
+    (one entry per start: commit, overrides, processes); the wall time is the sum of the sessions
+    ``reproduce`` ran, else a finished run's own, else the one its logged speed implies.
     """
     rows = []
     for run_dir in rl_run_dirs(runs_dir):
@@ -217,7 +217,8 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"experiment": experiment, "algorithm": algorithm, "status": status}
         row["meta_iterations"] = last_iteration(run_dir)
         row["tested_iteration"] = metrics.get("test/checkpoint_iteration")
-        wall_s = metrics.get("train/wall_s")  # a finished run's own; else from its logged speed
+        sessions = read_ledger(run_dir)  # every session that reproduce ran; else the run's own wall time
+        wall_s = sum(x["wall_s"] for x in sessions) if sessions else metrics.get("train/wall_s")
         if wall_s is None and len(speed):
             wall_s = row["meta_iterations"] / speed.mean()
         row["wall_h"] = None if wall_s is None else round(wall_s / 3600, 2)
@@ -280,6 +281,11 @@ def write_rl(runs_dir: Path, out: Path, evaluate: bool = False) -> list[Path]:
         evals = evaluations(run_dir, runs_dir)
         if evals:
             shutil.copyfile(evals[-1], dest / f"test_metrics_{evals[-1].parent.name.rsplit('__', 1)[1]}.json")
+        # The adapted behaviour: the run's own figures, else those its tested checkpoint drew.
+        drawn = run_dir if (run_dir / "metrics.json").is_file() or not evals else evals[-1].parent
+        for name in ("velocity.png", "velocity.json", "trajectories.png", "trajectories.json"):
+            if (drawn / name).is_file():
+                shutil.copyfile(drawn / name, dest / name)
     return [out / "rl.csv", out / "rl.md"]
 
 
