@@ -127,7 +127,7 @@ def test_the_logger_group_names_its_loggers_by_target():
         ("navigation2d", ["learning_curve", "trajectories"]),
         ("sine_line", ["learning_curve", "posterior_samples"]),
         ("omniglot", ["learning_curve", "reliability"]),
-        ("halfcheetah_dir", ["learning_curve"]),
+        ("halfcheetah_dir", ["learning_curve", "velocity"]),
     ],
 )
 def test_a_datasets_recipe_names_its_figures(dataset, figures):

@@ -182,7 +182,9 @@ def test_the_rl_table_trains_maml_pretrained_and_random_per_experiment(tmp_path)
     ]
     cmd, run = jobs[1]
     assert cmd[1:] == [f"hydra.run.dir={run}", "experiment=rl_halfcheetah_dir", "algorithm=pretrain", "seed=1"]
+    # A directory without a checkpoint (a failed start, or random init, which never trains) is taken again.
     (run / "checkpoints").mkdir(parents=True)
+    assert "resume=auto" in rl_jobs(tmp_path, [], "rl_halfcheetah_dir", "pretrain")[0][0]
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     assert "resume=true" in rl_jobs(tmp_path, [], "rl_halfcheetah_dir", "pretrain")[0][0]
     with pytest.raises(reproduce.MamlrunError, match="no experiment matches 'rl_walker'"):

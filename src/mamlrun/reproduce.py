@@ -175,8 +175,15 @@ def launcher(ranks: int = 1) -> list[str]:
 def run_command(
     experiment: str, algorithm: str | None, run_dir: Path, overrides: list[str], ranks: int = 1
 ) -> list[str]:
-    """The ``mamlrun`` command of one cell; it resumes when the run directory holds a checkpoint."""
-    resume = ["resume=true"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+    """The ``mamlrun`` command of one cell; it resumes when the run directory holds a checkpoint.
+
+    A directory without one (a run that failed before its first checkpoint, or one that never trains,
+    like the random initialisation) is taken again with ``resume=auto``: afresh, if it is this run's.
+    """
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        resume = ["resume=true"]
+    else:
+        resume = ["resume=auto"] if run_dir.is_dir() else []
     return [
         *launcher(ranks),
         f"hydra.run.dir={run_dir}",
