@@ -103,20 +103,19 @@ class MujocoPool:
         self.readout = Readout.of(env)
         self.threads, self.timeout_s = max(1, int(threads)), float(timeout_s)
         self.data: list[mujoco.MjData] = []
-        m = self.model
-        self._qpos = np.zeros((0, m.nq))
-        self._qvel = np.zeros((0, m.nv))
-        self._cfrc = np.zeros((0, m.nbody, 6))
-        self._x = np.zeros(0)
+        self._allocate(0)
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def _grow(self, n: int) -> None:
-        if len(self.data) >= n:
-            return
-        self.data += [mujoco.MjData(self.model) for _ in range(n - len(self.data))]
+    def _allocate(self, n: int) -> None:
+        """The state read back from ``n`` episodes: positions, velocities, contact forces, forward positions."""
         m = self.model
         self._qpos, self._qvel = np.zeros((n, m.nq)), np.zeros((n, m.nv))
         self._cfrc, self._x = np.zeros((n, m.nbody, 6)), np.zeros(n)
+
+    def _grow(self, n: int) -> None:
+        if len(self.data) < n:
+            self.data += [mujoco.MjData(self.model) for _ in range(n - len(self.data))]
+            self._allocate(n)
 
     def close(self) -> None:
         """Stop the worker threads (they are daemons: a hung one never blocks the interpreter's exit)."""
