@@ -372,70 +372,73 @@ class Locomotion(EnvTasks):
             torch.set_num_threads(threads)
 
     def _step_pool(self, pool: MujocoPool, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws):
-        tasks = goals.shape[0]
-        n = tasks * trajectories
-        seeds = draws.integers(2**31 - 1, tasks, trajectories)
+        current = pool.reset(draws.integers(2**31 - 1, goals.shape[0], trajectories))
         goal = np.asarray(goals.repeat_interleave(trajectories, 0).flatten().tolist())
-        current = pool.reset(seeds)
-        alive = np.ones(n, dtype=bool)
-        obs, actions, rewards, masks, speeds = [], [], [], [], []
-        for _ in range(self.horizon):
-            # A copy (torch.tensor): ``current`` changes in place below.
-            o = torch.tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
-            action = act(o)
-            a = np.clip(action.detach().reshape(n, -1).cpu().double().numpy(), self.action_low, self.action_high)
-            live, index = alive.copy(), np.flatnonzero(alive)
-            step = pool.step(index, a[index])
-            speed = step.x_velocity
+
+        def step(actions: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            a = np.clip(actions, self.action_low, self.action_high)
+            index = np.flatnonzero(alive)
+            out = pool.step(index, a[index])
+            speed = out.x_velocity
             forward = goal[index] * speed if self.reward == "direction" else -np.abs(speed - goal[index])
-            r = np.zeros(n)
+            r, v = np.zeros(len(alive)), np.zeros(len(alive))
             r[index] = forward - self.ctrl_cost * np.square(a[index]).sum(axis=1) + self.survive_reward
             if self.contact_cost:
-                r[index] += step.contact_reward
-            current[index] = step.obs
-            alive[index] = ~step.terminated
-            v = np.zeros(n)
+                r[index] += out.contact_reward
             v[index] = speed
-            obs.append(o)
-            actions.append(action)
-            rewards.append(torch.as_tensor(r, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
-            masks.append(torch.as_tensor(live, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
-            speeds.append(torch.as_tensor(v, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
-            if not parallel.any_rank(bool(alive.any())):
-                break
-        return _stack(obs, actions, rewards, masks, self.horizon, speeds)
+            current[index] = out.obs
+            alive[index] = ~out.terminated
+            return r, v
+
+        return self._episodes(act, goals, trajectories, current, step)
 
     def _rollout_gym(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
         """The reference sampler: one ``env.step`` per live episode per time step, in one thread."""
-        tasks = goals.shape[0]
-        n = tasks * trajectories
+        n = goals.shape[0] * trajectories
         while len(self.pool) < n:
             self.pool.append(self.make_env(bare=True))
         envs = self.pool[:n]
-        seeds = draws.integers(2**31 - 1, tasks, trajectories)
+        seeds = draws.integers(2**31 - 1, goals.shape[0], trajectories)
         goal_list = goals.repeat_interleave(trajectories, 0).flatten().tolist()
         current = np.zeros((n, self.obs_dim))
         for i, env in enumerate(envs):
             env.goal = goal_list[i]
             current[i] = env.reset(seed=seeds[i])[0]
+
+        def step(actions: np.ndarray, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            r, v = np.zeros(n), np.zeros(n)
+            for i in np.flatnonzero(alive):
+                current[i], r[i], terminated, _, info = envs[i].step(actions[i])
+                alive[i], v[i] = not terminated, info["x_velocity"]
+            return r, v
+
+        return self._episodes(act, goals, trajectories, current, step)
+
+    def _episodes(self, act: Actor, goals: torch.Tensor, trajectories: int, current: np.ndarray, step) -> Episodes:
+        """The time loop both samplers share: one policy call for the pool per step, then ``step``.
+
+        ``step(actions, alive)`` advances the live episodes, updating ``current`` (their observations)
+        and ``alive`` in place, and returns every episode's reward and forward velocity (``[n]``).
+        """
+        tasks, n = goals.shape[0], current.shape[0]
         alive = np.ones(n, dtype=bool)
         obs, actions, rewards, masks, speeds = [], [], [], [], []
+
+        def tensor(values: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(values, device=goals.device, dtype=goals.dtype).view(tasks, trajectories)
+
         for _ in range(self.horizon):
             # A copy (torch.tensor): ``current`` changes in place below.
             o = torch.tensor(current, device=goals.device, dtype=goals.dtype).view(tasks, trajectories, -1)
             action = act(o)
-            a = action.detach().reshape(n, -1).cpu().double().numpy()
-            r, v = np.zeros(n), np.zeros(n)
             live = alive.copy()
-            for i in np.flatnonzero(alive):
-                current[i], r[i], terminated, _, info = envs[i].step(a[i])
-                alive[i], v[i] = not terminated, info["x_velocity"]
+            r, v = step(action.detach().reshape(n, -1).cpu().double().numpy(), alive)
             obs.append(o)
             actions.append(action)
-            rewards.append(torch.as_tensor(r, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
-            masks.append(torch.as_tensor(live, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
-            speeds.append(torch.as_tensor(v, device=goals.device, dtype=goals.dtype).view(tasks, trajectories))
-            if not parallel.any_rank(bool(alive.any())):
+            rewards.append(tensor(r))
+            masks.append(tensor(live))
+            speeds.append(tensor(v))
+            if not parallel.any_rank(bool(alive.any())):  # every rank steps as long as the whole batch
                 break
         return _stack(obs, actions, rewards, masks, self.horizon, speeds)
 
