@@ -220,6 +220,17 @@ def test_shares_cover_the_tasks_in_order(monkeypatch):
     assert [list(s) for s in shares] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
 
 
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun -m mamlrun <args>`` on ``WORLD`` ranks of one thread each; it must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
+    proc = subprocess.run(
+        [*command, "-m", "mamlrun", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_torchrun_runs_the_command_on_two_ranks_like_one_process(tmp_path):
     """``torchrun -m mamlrun``: one run directory, written by rank 0, with the single process's numbers."""
     args = [
@@ -234,17 +245,7 @@ def test_torchrun_runs_the_command_on_two_ranks_like_one_process(tmp_path):
         "hardware.threads=1",
     ]
     run_mamlrun(*args, f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
-    proc = subprocess.run(
-        [*command, "-m", "mamlrun", *args, f"hydra.run.dir={tmp_path / 'two'}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(*args, f"hydra.run.dir={tmp_path / 'two'}", cwd=tmp_path)
     assert proc.stdout.count("mamlrun: done") == 1  # rank 0 alone reports
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
     one, two = (read_checkpoint(tmp_path / d / "checkpoints" / "last.pt")["learner"] for d in ("one", "two"))
@@ -260,17 +261,7 @@ def test_torchrun_runs_the_command_on_two_ranks_like_one_process(tmp_path):
 
 def test_rank_zero_draws_rollout_figures_alone_after_the_other_ranks_finish(tmp_path):
     """A locomotion run under ``torchrun``: its figure's rollouts run on rank 0 only, without collectives."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"]
     args = ["experiment=rl_halfcheetah_dir", "meta_batch_size=2", "shots=2", "dataset.horizon=10"]
     args += ["meta_iterations=1", "eval.test_tasks=2", "eval.batch_size=2", "train.progress=false"]
-    proc = subprocess.run(
-        [*command, "-m", "mamlrun", *args, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert (tmp_path / "run" / "velocity.png").is_file() and (tmp_path / "run" / "metrics.json").is_file()
