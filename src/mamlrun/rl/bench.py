@@ -10,6 +10,7 @@ parameters and trajectories; the table also shows how far their updated paramete
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -150,7 +151,7 @@ def sampler_speed(rounds: int = 3, horizon: int = 50, tasks: int = 40) -> list[d
     print(f"  mj_step alone: {floor:.1f} us per env step -> at most {1e6 / floor:,.0f} steps/s per thread")
     rows, base = [], None
     for name, t in times.items():
-        rate = steps / sorted(t)[(len(t) - 1) // 2]
+        rate = steps / statistics.median(t)
         base = base or rate
         rows.append(
             {
