@@ -82,9 +82,13 @@ reproduce-uncertainty: install  ## PLATIPUS's and LEO's ambiguous regression: MA
 	$(BIN)/mamlrun -cd sweeps -cn uncertainty hydra.sweep.dir=outputs/multirun/uncertainty$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/uncertainty$(SUFFIX) --table uncertainty --out $(if $(QUICK),outputs/reports_quick,results/uncertainty)
 
-reproduce-bmaml: install  ## BMAML's sinusoid regression: EMAML against BMAML, K = 5 and 10, into results/uncertainty (QUICK=1: plumbing only)
+# BMAML with its code's posterior (summed Gaussian likelihood, learned precisions) and its code's inner step 0.001.
+BMAML_BAYESIAN = algorithm=bmaml algorithm.posterior=bayesian inner_lr=0.001
+
+reproduce-bmaml: install  ## BMAML's sinusoid regression: EMAML against BMAML (both posteriors), K = 5 and 10, into results/uncertainty (QUICK=1: plumbing only)
 	rm -rf outputs/multirun/bmaml_sinusoid$(SUFFIX)
 	$(BIN)/mamlrun -cd sweeps -cn bmaml_sinusoid hydra.sweep.dir=outputs/multirun/bmaml_sinusoid$(SUFFIX) $(DEBUG) $(ARGS)
+	$(BIN)/mamlrun -cd sweeps -cn bmaml_sinusoid $(BMAML_BAYESIAN) hydra.sweep.dir=outputs/multirun/bmaml_sinusoid$(SUFFIX)/bayesian $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/bmaml_sinusoid$(SUFFIX) --table bmaml_sinusoid --out $(if $(QUICK),outputs/reports_quick,results/uncertainty)
 
 reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random), trajectory plots and provenance into results/rl_navigation2d (QUICK=1: plumbing only)

@@ -102,21 +102,24 @@ def test_probabilistic_algorithms_run_from_the_command_line(tmp_path, algorithm)
     assert (run / "posterior_samples.png").is_file()
 
 
+BAYESIAN = ["algorithm=bmaml", "algorithm.posterior=bayesian", "inner_lr=0.001"]  # the Makefile's BMAML_BAYESIAN
+
+
 @pytest.mark.parametrize(
-    "sweep, table, params",
+    "sweep, table, sweeps",
     [
-        ("uncertainty", "uncertainty", ["algorithm=platipus"]),
-        ("bmaml_sinusoid", "bmaml_sinusoid", ["algorithm=bmaml", "shots=5"]),
+        ("uncertainty", "uncertainty", {"": ["algorithm=platipus"]}),
+        ("bmaml_sinusoid", "bmaml_sinusoid", {"": ["algorithm=bmaml", "shots=5"], "bayesian": [*BAYESIAN, "shots=5"]}),
     ],
 )
-def test_reproduction_sweeps_write_their_tables_with_provenance(tmp_path, sweep, table, params):
+def test_reproduction_sweeps_write_their_tables_with_provenance(tmp_path, sweep, table, sweeps):
     """What `make reproduce-uncertainty` / `reproduce-bmaml` run, with debug=quick and fewer jobs."""
     from mamlrun import report
 
     sweep_dir = tmp_path / sweep
-    run_mamlrun(
-        "-m", "-cd", str(SWEEPS_DIR), "-cn", sweep, f"hydra.sweep.dir={sweep_dir}", "debug=quick", *params, cwd=tmp_path
-    )
+    for sub, params in sweeps.items():
+        where = f"hydra.sweep.dir={sweep_dir / sub}"
+        run_mamlrun("-m", "-cd", str(SWEEPS_DIR), "-cn", sweep, where, "debug=quick", *params, cwd=tmp_path)
     assert report.main([str(sweep_dir), "--table", table, "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / f"{table}.md").read_text()
     assert "Provenance: `make reproduce-" in text and "commit" in text
@@ -124,7 +127,7 @@ def test_reproduction_sweeps_write_their_tables_with_provenance(tmp_path, sweep,
         assert "| platipus " in text and "95 % coverage" in text
         assert (tmp_path / "out" / "posterior_samples.png").is_file()
     else:
-        assert "| bmaml " in text and "test MSE" in text
+        assert "| bmaml " in text and "| bmaml (bayesian) " in text and "test MSE" in text
 
 
 def test_the_sinusoid_figure_draws_an_ensembles_mean():

@@ -231,6 +231,9 @@ def bmaml_sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     df = _runs(sweep_dir, "bmaml_sinusoid")
+    if "posterior" in df:  # BMAML with the paper's Bayesian posterior is a row of its own
+        labels = [f"{a} ({p})" if p == "bayesian" else a for a, p in zip(df["algorithm"], df["posterior"])]
+        df = df.assign(algorithm=labels)
     rows = []
     for (algo, shots, pool), group in df.groupby(["algorithm", "shots", "train_functions"], sort=True):
         rows.append(

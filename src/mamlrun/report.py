@@ -254,6 +254,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
                 {
                     "dataset": cfg["dataset"]["name"],
                     "algorithm": cfg["algorithm"]["name"],
+                    "posterior": cfg["algorithm"].get("posterior"),
                     "ways": cfg.get("ways"),
                     "shots": cfg.get("shots"),
                     "inner_steps": cfg.get("inner_steps"),

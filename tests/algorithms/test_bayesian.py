@@ -156,42 +156,49 @@ def test_regression_predictive_statistics_follow_their_definitions():
 
 
 # -- BMAML ------------------------------------------------------------------------------------------
-def reference_chaser(learner, batch, steps, leader_steps, lossf, first_order=False):
-    """The chaser loss of a per-task, per-particle loop of SVGD steps (median-heuristic bandwidth)."""
-    model = learner.model
-    names = [n for n, _ in model.named_parameters()]
-    starts = particle_params(learner)
+def chaser_by_hand(starts, neg_log_posterior, batch, steps, leader_steps, lr, first_order, distance=slice(None)):
+    """The chaser loss of a per-task, per-particle loop of SVGD steps (median-heuristic bandwidth).
 
-    def flat(p):
-        return torch.cat([p[n].flatten() for n in names])
-
-    def unflat(v):
-        out, i = {}, 0
-        for n, p in model.named_parameters():
-            out[n], i = v[i : i + p.numel()].view_as(p), i + p.numel()
-        return out
+    ``starts``: every particle as a flat vector; ``neg_log_posterior(theta, x, y)``: the score's
+    potential; ``distance``: the entries of a particle the chaser-to-leader distance counts.
+    """
 
     def svgd_steps(thetas, x, y, count, graph):
         for _ in range(count):
-            scores = []
-            for th in thetas:
-                loss = lossf(functional_call(model, unflat(th), (x,)), y)
-                scores.append(-torch.autograd.grad(loss, th, create_graph=graph)[0])
+            scores = [-torch.autograd.grad(neg_log_posterior(th, x, y), th, create_graph=graph)[0] for th in thetas]
             h = median_bandwidth([th.detach() for th in thetas])
             usable = thetas if graph else [th.detach() for th in thetas]
-            thetas = [th + ALPHA * phi for th, phi in zip(thetas, svgd_by_hand(usable, scores, h))]
+            thetas = [th + lr * phi for th, phi in zip(thetas, svgd_by_hand(usable, scores, h))]
         return thetas
 
     total = 0
     for t in range(batch.num_tasks):
-        thetas = [flat(p) for p in starts]
-        chaser = svgd_steps(thetas, batch.x_support[t], batch.y_support[t], steps, not first_order)
+        chaser = svgd_steps(list(starts), batch.x_support[t], batch.y_support[t], steps, not first_order)
         x_all = torch.cat([batch.x_support[t], batch.x_query[t]])
         y_all = torch.cat([batch.y_support[t], batch.y_query[t]])
         leader = [th.detach().requires_grad_() for th in chaser]
         leader = [th.detach() for th in svgd_steps(leader, x_all, y_all, leader_steps, False)]
-        total = total + sum(((c - lead) ** 2).sum() for c, lead in zip(chaser, leader))
+        total = total + sum(((c[distance] - lead[distance]) ** 2).sum() for c, lead in zip(chaser, leader))
     return total / batch.num_tasks
+
+
+def unflatten(model, vector) -> dict[str, torch.Tensor]:
+    """The network's parameters from the leading entries of a flat particle."""
+    out, i = {}, 0
+    for n, p in model.named_parameters():
+        out[n], i = vector[i : i + p.numel()].view_as(p), i + p.numel()
+    return out
+
+
+def reference_chaser(learner, batch, steps, leader_steps, lossf, first_order=False):
+    """The chaser loss with the tempered posterior ``-(the task's mean loss)``."""
+    model = learner.model
+    starts = [torch.cat([p[n].flatten() for n, _ in model.named_parameters()]) for p in particle_params(learner)]
+
+    def neg_log_posterior(theta, x, y):
+        return lossf(functional_call(model, unflatten(model, theta), (x,)), y)
+
+    return chaser_by_hand(starts, neg_log_posterior, batch, steps, leader_steps, ALPHA, first_order)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -221,11 +228,95 @@ def test_bmaml_with_one_particle_and_the_query_loss_is_maml(strategy):
     torch.testing.assert_close(bmaml.evaluate(batch, 2)["acc"], maml.evaluate(batch, 2)["acc"])
 
 
+def bayesian_neg_log_posterior(model, theta, x, y, prior):
+    """``-log p(w, log gamma, log lambda | x, y)`` of the BMAML code's Bayesian network, up to a constant.
+
+    ``theta`` is the particle: the network's weights, then ``log gamma``, then ``log lambda``.
+    """
+    weights, log_gamma, log_lambda = theta[:-2], theta[-2], theta[-1]
+    err = functional_call(model, unflatten(model, weights), (x,)) - y
+    gamma, lam = log_gamma.exp(), log_lambda.exp()
+    log_lik = (0.5 * log_gamma - 0.5 * gamma * err**2).sum()
+    log_prior_w = 0.5 * weights.numel() * log_lambda - 0.5 * lam * (weights**2).sum()
+    log_prior_gamma = (prior.a_g - 1) * log_gamma - prior.b_g * gamma + log_gamma
+    log_prior_lambda = (prior.a_l - 1) * log_lambda - prior.b_l * lam + log_lambda
+    return -(log_lik + log_prior_w + log_prior_gamma + log_prior_lambda)
+
+
+def reference_bayesian_chaser(learner, batch, steps, lr, first_order=False):
+    """The chaser loss with the BMAML code's posterior: particles carry their log precisions."""
+    model, algorithm = learner.model, learner.algorithm
+    names = [n for n, _ in model.named_parameters()]
+    starts = [
+        torch.cat([*(p[n].flatten() for n in names), algorithm.log_gamma[m : m + 1], algorithm.log_lambda[m : m + 1]])
+        for m, p in enumerate(particle_params(learner))
+    ]
+
+    def neg_log_posterior(theta, x, y):
+        return bayesian_neg_log_posterior(model, theta, x, y, algorithm.prior)
+
+    return chaser_by_hand(starts, neg_log_posterior, batch, steps, 1, lr, first_order, distance=slice(0, -2))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("first_order", [False, True], ids=["second", "first"])
+def test_bmaml_bayesian_posterior_meta_gradient_equals_the_reference_loop(strategy, first_order):
+    """The code's posterior (learned noise and prior precisions, summed log-likelihood) against autograd of it."""
+    from types import SimpleNamespace
+
+    from mamlrun.learner import MetaLearner
+
+    torch.manual_seed(3)
+    lr, batch = 2e-3, regression_batch(tasks=3)
+    algorithm = BMAML(lr, 2, 2, first_order=first_order, particles=3, posterior="bayesian")
+    learner = MetaLearner(mlp(), algorithm, SimpleNamespace(objective=Regression()), strategy=strategy)
+    learner.meta_gradient(batch)
+    got = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in learner.parameters()])
+    ref = reference_bayesian_chaser(learner, batch, 2, lr, first_order)
+    expected = torch.autograd.grad(ref, list(learner.parameters()), allow_unused=True)
+    flat = torch.cat(
+        [(e if e is not None else torch.zeros_like(p)).flatten() for e, p in zip(expected, learner.parameters())]
+    )
+    torch.testing.assert_close(got, flat, rtol=1e-9, atol=1e-11)
+    # the precisions are meta-learned through the second-order term only
+    assert (algorithm.log_gamma.grad is not None and algorithm.log_gamma.grad.abs().max() > 0) != first_order
+
+
+def test_bmaml_bayesian_classification_posterior_is_the_summed_log_likelihood_and_the_weight_prior():
+    """One particle (SVGD = the score): the inner direction is the gradient of the summed cross-entropy plus the
+    Gaussian weight prior and its hyper-prior; a categorical likelihood has no noise precision to adapt."""
+    from types import SimpleNamespace
+
+    from mamlrun.learner import MetaLearner
+
+    batch = classification_batch(tasks=2)
+    algorithm = BMAML(1e-3, 1, 1, particles=1, posterior="bayesian")
+    learner = MetaLearner(conv(), algorithm, SimpleNamespace(objective=Classification()), strategy="loop")
+    params = algorithm.initial(learner, batch.num_tasks)
+    names = list(params)
+    got = algorithm.gradients(learner, batch.x_support, batch.y_support)(params, names, 0, False)
+    prior, model = algorithm.prior, learner.model
+    for t in range(batch.num_tasks):
+        w = {n: params[n][t].detach().requires_grad_() for n, _ in model.named_parameters()}
+        log_lambda = params["log_lambda"][t, 0].detach().requires_grad_()
+        lam, flat = log_lambda.exp(), torch.cat([v.flatten() for v in w.values()])
+        nlp = F.cross_entropy(functional_call(model, w, (batch.x_support[t],)), batch.y_support[t], reduction="sum")
+        nlp = nlp + 0.5 * lam * (flat**2).sum() - 0.5 * flat.numel() * log_lambda
+        nlp = nlp - (prior.a_l - 1) * log_lambda + prior.b_l * lam - log_lambda
+        expected = torch.autograd.grad(nlp, [*w.values(), log_lambda])
+        for n, e in zip(w, expected):
+            torch.testing.assert_close(got[n][t], e, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["log_lambda"][t, 0], expected[-1], rtol=1e-10, atol=1e-12)
+        assert got["log_gamma"][t, 0] == 0
+
+
 def test_bmaml_rejects_bad_options():
     from mamlrun.errors import MamlrunError
 
     with pytest.raises(MamlrunError, match="meta_loss"):
         BMAML(ALPHA, 1, 1, meta_loss="elbo")
+    with pytest.raises(MamlrunError, match="posterior"):
+        BMAML(ALPHA, 1, 1, posterior="exact")
     with pytest.raises(MamlrunError, match="particles"):
         EMAML(ALPHA, 1, 1, particles=0)
 
