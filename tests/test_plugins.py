@@ -59,12 +59,16 @@ def test_a_new_algorithm_is_one_file_and_one_yaml(tmp_path):
     assert "toyalgos.halfstep.HalfStep" in (run / ".hydra" / "config.yaml").read_text()
 
 
-def sinusoid_trainer(run_dir, iterations: int, cosine: bool) -> Trainer:
+def sinusoid_trainer(run_dir, iterations: int, cosine: bool, decay: bool = False) -> Trainer:
+    from mamlrun.schedules import ExponentialDecay
+
     torch.manual_seed(0)
     tasks = SinusoidTasks(shots=5, query_shots=5)
     learner = MetaLearner(MLP((1,), 1, hidden=(8, 8)), MAML(0.01, 1, 1), tasks)
     optimizer = torch.optim.Adam(learner.parameters(), lr=0.01)
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10, eta_min=1e-4) if cosine else None
+    if decay:
+        lr_schedule = ExponentialDecay(optimizer, factor=0.5, times=2, iterations=10)
     schedule = Schedule(meta_iterations=iterations, meta_batch_size=4, log_every=0, checkpoint_every=1)
     return Trainer(learner, tasks, optimizer, schedule, run_dir, progress=False, lr_schedule=lr_schedule)
 
@@ -86,10 +90,26 @@ def test_cosine_schedule_anneals_and_resumes_exactly(tmp_path):
     assert constant.optimizer.param_groups[0]["lr"] == 0.01
 
 
+def test_exponential_decay_halves_twice_over_the_run_and_resumes_exactly(tmp_path):
+    whole = sinusoid_trainer(tmp_path / "whole", 10, cosine=False, decay=True)
+    whole.fit(MetricLogger(tmp_path / "whole"))
+    assert abs(whole.optimizer.param_groups[0]["lr"] - 0.01 * 0.25) < 1e-12  # 0.5 twice in 10 iterations
+    first = sinusoid_trainer(tmp_path / "split", 5, cosine=False, decay=True)
+    first.fit(MetricLogger(tmp_path / "split"))
+    assert abs(first.optimizer.param_groups[0]["lr"] - 0.01 * 0.5) < 1e-12
+    second = sinusoid_trainer(tmp_path / "split", 10, cosine=False, decay=True)
+    assert second.restore() and second.iteration == 5
+    second.fit(MetricLogger(tmp_path / "split"))
+    for a, b in zip(whole.learner.parameters(), second.learner.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_schedule_group_composes():
     assert compose_config().schedule._target_ is None
     cfg = compose_config("schedule=cosine", "meta_iterations=123")
     assert cfg.schedule._target_.endswith("CosineAnnealingLR") and cfg.schedule.T_max == 123
+    cfg = compose_config("schedule=exponential", "meta_iterations=5000")
+    assert cfg.schedule._target_.endswith("ExponentialDecay") and cfg.schedule.iterations == 5000
 
 
 class Terminated(MetaLearner):
