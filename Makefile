@@ -8,7 +8,7 @@ ARGS ?=
 QUICK ?=
 PYTEST_ARGS ?= -n 2
 
-.PHONY: help install install-l2l run test test-slow lint format bench bench-ddp reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion results-rl reproduce-uncertainty reproduce-bmaml clean
+.PHONY: help install install-l2l run test test-slow lint format bench bench-ddp reproduce-sinusoid reproduce-table1 results-table1 reproduce-algorithms results-algorithms reproduce-rl-navigation reproduce-rl-locomotion results-rl reproduce-uncertainty reproduce-bmaml reproduce-mamlpp-ablation clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
@@ -90,6 +90,11 @@ reproduce-bmaml: install  ## BMAML's sinusoid regression: EMAML against BMAML (b
 	$(BIN)/mamlrun -cd sweeps -cn bmaml_sinusoid hydra.sweep.dir=outputs/multirun/bmaml_sinusoid$(SUFFIX) $(DEBUG) $(ARGS)
 	$(BIN)/mamlrun -cd sweeps -cn bmaml_sinusoid $(BMAML_BAYESIAN) hydra.sweep.dir=outputs/multirun/bmaml_sinusoid$(SUFFIX)/bayesian $(DEBUG) $(ARGS)
 	$(BIN)/python -m mamlrun.report outputs/multirun/bmaml_sinusoid$(SUFFIX) --table bmaml_sinusoid --out $(if $(QUICK),outputs/reports_quick,results/uncertainty)
+
+reproduce-mamlpp-ablation: install  ## MAML++'s ablation on Omniglot 20-way (MAML, each fix, MAML++), resumable, into results/mamlpp_ablation (a GPU job; QUICK=1: plumbing only)
+	$(if $(QUICK),rm -rf outputs/multirun/mamlpp_ablation_quick)
+	$(BIN)/mamlrun -cd sweeps -cn mamlpp_ablation hydra.sweep.dir=outputs/multirun/mamlpp_ablation$(SUFFIX) $(DEBUG) $(ARGS)
+	$(BIN)/python -m mamlrun.report outputs/multirun/mamlpp_ablation$(SUFFIX) --table mamlpp_ablation --out $(if $(QUICK),outputs/reports_quick,results/mamlpp_ablation)
 
 reproduce-rl-navigation: install  ## the paper's 2D navigation returns after 0-3 steps (MAML, pretrained, random), trajectory plots and provenance into results/rl_navigation2d (QUICK=1: plumbing only)
 	rm -rf outputs/multirun/rl_navigation2d$(SUFFIX)

@@ -247,6 +247,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         if hydra_path.exists():
             choices = yaml.safe_load(hydra_path.read_text())["hydra"]["runtime"]["choices"]
             row["experiment"] = choices.get("experiment")
+            row["ablation"] = choices.get("ablation")
         cfg_path = job / ".hydra" / "config.yaml"
         if cfg_path.exists():
             cfg = yaml.safe_load(cfg_path.read_text())
@@ -345,6 +346,19 @@ def sinusoid_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
+def accuracy(group: pd.DataFrame, published: tuple) -> dict[str, Any]:
+    """Test accuracy (%) of a group of finished runs (mean over seeds), beside ``(mean, ci)`` published."""
+    return {
+        "seeds": len(group),
+        "acc": 100 * group["test/acc_mean"].mean(),
+        "ci95": 100 * group["test/acc_ci95"].mean(),
+        "paper": published[0],
+        "paper_ci95": published[1],
+        "meta_iterations": int(group["train/meta_iterations"].max()),
+        "wall_s": group["train/wall_s"].mean(),
+    }
+
+
 def table1(sweep_dir: Path) -> pd.DataFrame:
     """Accuracy (%) per Table 1 cell and algorithm, mean over seeds, beside the paper's."""
     df = collect(sweep_dir)
@@ -352,19 +366,7 @@ def table1(sweep_dir: Path) -> pd.DataFrame:
     rows = []
     for (cell, algo), group in df.groupby(["experiment", "algorithm"], sort=False):
         published = paper.TABLE1[cell].get(algo, (None, None))
-        rows.append(
-            {
-                "cell": cell,
-                "algorithm": algo,
-                "seeds": len(group),
-                "acc": 100 * group["test/acc_mean"].mean(),
-                "ci95": 100 * group["test/acc_ci95"].mean(),
-                "paper": published[0],
-                "paper_ci95": published[1],
-                "meta_iterations": int(group["train/meta_iterations"].max()),
-                "wall_s": group["train/wall_s"].mean(),
-            }
-        )
+        rows.append({"cell": cell, "algorithm": algo, **accuracy(group, published)})
     if not rows:
         return pd.DataFrame(rows)
     order = {c: i for i, c in enumerate(paper.TABLE1)}
@@ -403,6 +405,58 @@ def table1_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
     fig.savefig(out_dir / "table1_steps.png", dpi=110)
     plt.close(fig)
     return [*written, out_dir / "table1_steps.png"]
+
+
+def mamlpp_ablation(sweep_dir: Path) -> pd.DataFrame:
+    """Accuracy (%) per MAML++ ablation row (``+ablation=``) and Omniglot 20-way cell, beside the paper's."""
+    df = collect(sweep_dir)
+    if df.empty or "ablation" not in df:
+        return pd.DataFrame()
+    df = df[df["experiment"].isin(list(paper.MAMLPP_ABLATION)) & df["ablation"].isin(list(paper.MAMLPP_ABLATION_ROWS))]
+    rows = [
+        {"cell": cell, "row": row, "name": paper.MAMLPP_ABLATION_ROWS[row]}
+        | accuracy(group, paper.MAMLPP_ABLATION[cell].get(row, (None, None)))
+        for (cell, row), group in df.groupby(["experiment", "ablation"])
+    ]
+    if not rows:
+        return pd.DataFrame()
+    cells, names = list(paper.MAMLPP_ABLATION), list(paper.MAMLPP_ABLATION_ROWS)
+    table = pd.DataFrame(rows)
+    return table.sort_values(["cell", "row"], key=lambda c: c.map((cells if c.name == "cell" else names).index))
+
+
+def mamlpp_ablation_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
+    """MAML++'s ablation table (markdown + CSV) and ``mamlpp_ablation.png``: each row's accuracy per cell."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = mamlpp_ablation(sweep_dir)
+    if table.empty:
+        return []
+    shown = pd.DataFrame(
+        {
+            "cell": table["cell"].str.removeprefix("mamlpp_"),
+            "row": table["name"],
+            "mamlrun acc (%)": [with_ci(a, c, 2) for a, c in zip(table["acc"], table["ci95"])],
+            "paper (%)": [with_ci(a, c, 2) for a, c in zip(table["paper"], table["paper_ci95"])],
+            "meta-iterations": table["meta_iterations"],
+            "wall (s)": table["wall_s"].round(0),
+        }
+    )
+    written = list(write_table(table, out_dir / "mamlpp_ablation", shown))
+    cells = list(dict.fromkeys(table["cell"]))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.6), squeeze=False, sharey=True)
+    for ax, cell in zip(axes[0], cells):
+        part = table[table["cell"] == cell].reset_index(drop=True)
+        ax.barh(part.index, part["acc"], xerr=part["ci95"], color="C0", capsize=3, label="mamlrun")
+        published = part.dropna(subset=["paper"])
+        ax.plot(published["paper"], published.index, "kx", markersize=8, label="paper")
+        ax.set(yticks=part.index, yticklabels=part["name"], xlabel="test accuracy (%)")
+        ax.set(title=cell.removeprefix("mamlpp_"), xlim=(max(0.0, min([*part["acc"], *published["paper"]]) - 5), 100))
+        ax.invert_yaxis()
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out_dir / "mamlpp_ablation.png", dpi=110)
+    plt.close(fig)
+    return [*written, out_dir / "mamlpp_ablation.png"]
 
 
 def rl_table(sweep_dir: Path, experiment: str) -> pd.DataFrame:
@@ -472,6 +526,7 @@ REPORTS = {
     "uncertainty": uncertainty_report,
     "bmaml_sinusoid": bmaml_sinusoid_report,
     "table1": table1_report,
+    "mamlpp_ablation": mamlpp_ablation_report,
     "rl_navigation2d": lambda sweep, out: rl_report(sweep, out, "rl_navigation2d"),
     "rl_halfcheetah_dir": lambda sweep, out: rl_report(sweep, out, "rl_halfcheetah_dir"),
 }

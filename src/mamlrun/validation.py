@@ -193,11 +193,14 @@ def plan(argv: list[str]) -> Plan:
     name = flags.get("--config-name") or flags.get("-cn") or "config"
     try:
         with initialize_config_dir(config_dir=str(root), version_base="1.3"):
-            # A config file may itself ask for a sweep (hydra.mode: MULTIRUN, as the files in sweeps/ do).
-            jobs = expand_sweeps(overrides + extra) if multirun else [overrides + extra]
+            jobs = expand_sweeps(overrides + extra)
             base = compose(name, overrides=jobs[0], return_hydra_config=True)
-            if not multirun and OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN:
-                multirun, jobs = True, expand_sweeps(overrides + extra)
+            # A config file may itself ask for a sweep (hydra.mode: MULTIRUN, as the files in sweeps/ do), and
+            # then its command line may sweep too, as Hydra allows.
+            multirun = multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN
+            if not multirun and jobs != [overrides + extra]:
+                jobs = [overrides + extra]  # a sweep's syntax in a single run: Hydra's own error, in one line
+                base = compose(name, overrides=jobs[0], return_hydra_config=True)
             params = OmegaConf.select(base, "hydra.sweeper.params") if multirun else None
             # As in Hydra's sweeper, a key given on the command line replaces the file's sweep of it.
             given = {ov.get_key_element() for ov in OverridesParser.create().parse_overrides(overrides)}
