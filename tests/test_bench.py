@@ -85,9 +85,9 @@ def test_rl_bench_times_the_samplers_and_splits_a_meta_iteration():
 
     rows = sampler_speed(rounds=1, horizon=3, tasks=2)
     names = [r["implementation"] for r in rows]
-    assert names[0] == "gymnasium env.step loop" and "native, 1 thread" in names
+    assert names[0] == "gymnasium env.step loop" and "native, 1 thread" in names and "native, 1 process" in names
     assert rows[0]["speedup_vs_gymnasium"] == 1.0 and all(r["steps_per_s"] > 0 for r in rows)
     assert rows[0]["physics_floor_us"] > 0
-    parts = iteration_profile(tasks=2, horizon=5)
+    parts = iteration_profile(tasks=2, horizon=5, processes=2)
     assert sum(r["fraction"] for r in parts) == pytest.approx(1.0)
     assert all(r["s"] >= 0 for r in parts) and parts[0]["s"] > 0

@@ -689,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rl-iterations", type=int, default=1, help="profiled half-cheetah MAML-TRPO meta-iterations (0: skip)"
     )
+    parser.add_argument(
+        "--rl-processes", type=int, default=0, help="simulator worker processes in the profiled iterations (0: threads)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -725,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rl_iterations):
         from mamlrun.rl.bench import iteration_profile
 
-        rows += iteration_profile()
+        rows += iteration_profile(processes=args.rl_processes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env, "headline": summary, "results": rows}, indent=2))
     print(f"\nwritten: {args.out}")

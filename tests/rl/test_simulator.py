@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from mamlrun.errors import MamlrunError
 from mamlrun.rl import ant, half_cheetah
 from mamlrun.rl.envs import Draws
+from mamlrun.rl.processes import ProcessPool
 from mamlrun.rl.simulator import MujocoPool
 
 MAKERS = {
@@ -47,6 +51,61 @@ def test_native_pool_equals_gymnasium_stepping_bit_for_bit(name, threads):
         assert (lengths < 40).any() and (lengths > lengths.min()).any()
     # The pool is reused: every episode is reset from its own seed, whatever ran in it before.
     assert_same(roll(native, 2, 3, seed=5), roll(gym_tasks, 2, 3, seed=5))
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_worker_processes_equal_gymnasium_stepping_bit_for_bit(name):
+    gym_tasks = MAKERS[name](sampler="gym")
+    native = MAKERS[name](sim_processes=2)
+    try:
+        first = roll(native, 3, 3, seed=0)  # 9 episodes: shares of 4 and 5
+        assert isinstance(native.native_pool(), ProcessPool)
+        assert_same(first, roll(gym_tasks, 3, 3, seed=0))
+        if name == "ant_dir":  # ants fall mid-pool, in either worker's share
+            assert (first.lengths.flatten() < 40).any() and (first.lengths.flatten() == 40).any()
+        assert_same(roll(native, 2, 3, seed=5), roll(gym_tasks, 2, 3, seed=5))  # new shares, reused workers
+    finally:
+        native.native_pool().close()
+
+
+def workers(pool: ProcessPool) -> list:
+    return list(pool._procs)
+
+
+def test_a_worker_process_that_dies_ends_the_run_with_one_line_and_no_orphans():
+    tasks = half_cheetah("direction", horizon=5, sim_processes=2)
+    roll(tasks, 2, 2, seed=0)
+    pool = tasks.native_pool()
+    procs = workers(pool)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    with pytest.raises(MamlrunError, match=r"simulator worker process 1 (died|is gone)") as info:
+        roll(tasks, 2, 2, seed=1)
+    assert "\n" not in str(info.value)
+    assert not any(p.is_alive() for p in procs) and not multiprocessing.active_children()
+
+
+def test_a_hanging_worker_process_times_out_and_is_stopped():
+    tasks = half_cheetah("direction", horizon=5, sim_processes=2, sim_timeout_s=0.5)
+    roll(tasks, 2, 2, seed=0)
+    procs = workers(tasks.native_pool())
+    os.kill(procs[0].pid, signal.SIGSTOP)
+    start = time.monotonic()
+    with pytest.raises(MamlrunError, match=r"simulator worker process 0 did not answer within 0.5 s"):
+        roll(tasks, 2, 2, seed=1)
+    assert time.monotonic() - start < 15
+    assert not any(p.is_alive() for p in procs) and not multiprocessing.active_children()
+
+
+def test_an_error_inside_a_worker_process_is_one_line():
+    pool = ProcessPool("HalfCheetah-v5", processes=1, timeout_s=60)
+    try:
+        pool.reset([0, 1])
+        with pytest.raises(MamlrunError, match=r"a simulator worker process failed: ValueError") as info:
+            pool.step(np.array([0, 1]), np.zeros((2, 3)))  # half-cheetah has 6 actuators
+        assert "\n" not in str(info.value)
+    finally:
+        pool.close()
+    assert not multiprocessing.active_children()
 
 
 def test_native_observations_and_rewards_are_gymnasiums_own():
@@ -102,3 +161,5 @@ def test_the_pool_refuses_environments_it_cannot_read():
 def test_an_unknown_sampler_is_one_line():
     with pytest.raises(MamlrunError, match=r"dataset\.sampler must be native or gym"):
         half_cheetah("direction", sampler="fast")
+    with pytest.raises(MamlrunError, match=r"dataset\.sim_processes must be 0 \(threads\) or more"):
+        half_cheetah("direction", sim_processes=-1)

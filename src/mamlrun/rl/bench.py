@@ -92,13 +92,13 @@ def rl_update(repeats: int = 2) -> list[dict]:
 
 
 # -- the simulator ------------------------------------------------------------------------------
-def _cheetah_learner(sampler: str, threads: int | None, tasks: int = 40) -> tuple[MetaRL, object]:
+def _cheetah_learner(sampler: str, threads: int | None, tasks: int = 40, processes: int = 0) -> tuple[MetaRL, object]:
     """The paper's half-cheetah direction shape: 40 tasks, 20 trajectories per step, horizon 200."""
     from mamlrun.algorithms import MAML
     from mamlrun.rl import half_cheetah
 
     torch.manual_seed(0)
-    env_tasks = half_cheetah("direction", sampler=sampler, sim_threads=threads)
+    env_tasks = half_cheetah("direction", sampler=sampler, sim_threads=threads, sim_processes=processes)
     policy = GaussianMLP(env_tasks.input_shape, env_tasks.output_dim)
     learner = MetaRL(policy, MAML(0.1, 1, 1), env_tasks, shots=20, query_shots=20)
     return learner, env_tasks.sample(tasks, "train", torch.Generator().manual_seed(0))
@@ -123,18 +123,19 @@ def physics_floor_us(steps: int = 2000) -> float:
 
 
 def sampler_speed(rounds: int = 3, horizon: int = 50, tasks: int = 40) -> list[dict]:
-    """MuJoCo steps per second of the half-cheetah pool (40 x 20 episodes): gymnasium vs native threads.
+    """MuJoCo steps per second of the half-cheetah pool (40 x 20 episodes): gymnasium vs native threads vs processes.
 
     Interleaved rounds of one rollout each (``horizon`` steps with the untrained policy); medians.
     """
     import os
 
     cores = len(os.sched_getaffinity(0))
-    configs = {"gymnasium env.step loop": ("gym", None)}
-    configs.update({f"native, {k} thread{'s' * (k > 1)}": ("native", k) for k in sorted({1, cores})})
+    configs = {"gymnasium env.step loop": ("gym", None, 0)}
+    configs.update({f"native, {k} thread{'s' * (k > 1)}": ("native", k, 0) for k in sorted({1, cores})})
+    configs.update({f"native, {k} process{'es' * (k > 1)}": ("native", 1, k) for k in sorted({1, cores})})
     runs = {}
-    for name, (sampler, threads) in configs.items():
-        learner, batch = _cheetah_learner(sampler, threads, tasks)
+    for name, (sampler, threads, processes) in configs.items():
+        learner, batch = _cheetah_learner(sampler, threads, tasks, processes)
         learner.tasks.horizon = horizon
         params = {k: v.detach() for k, v in learner.policy.batched_params(batch.num_tasks).items()}
         learner.sample(params, batch.goals, 20, batch.draws())  # builds the pool (not timed)
@@ -165,27 +166,39 @@ def sampler_speed(rounds: int = 3, horizon: int = 50, tasks: int = 40) -> list[d
         )
         print(f"  {name:<28} {rate:10,.0f} steps/s   {rate / base:5.2f}x")
     rates = {r["implementation"]: r["steps_per_s"] for r in rows}
-    one, two = rates.get("native, 1 thread"), rates.get("native, 2 threads")
-    if one and two and two > one:
-        # Amdahl from the 1- and 2-thread rates: t(k) = serial + parallel / k per env step.
+    for unit, plural in (("thread", "threads"), ("process", "processes")):
+        one, two = rates.get(f"native, 1 {unit}"), rates.get(f"native, 2 {plural}")
+        if not (one and two and two > one):
+            continue
+        # Amdahl from the 1- and 2-worker rates: t(k) = serial + parallel / k per env step.
         parallel = 2 * (1 / one - 1 / two)
         serial = 1 / one - parallel
+        row = next(r for r in rows if r["implementation"] == f"native, 2 {plural}")
         for k in (4, 8, 16):
             estimate = 1 / (serial + parallel / k)
-            rows[-1][f"estimate_{k}_threads"] = estimate
-            print(f"  estimate with {k:>2} simulator threads (Amdahl, from 1 and 2): {estimate:10,.0f} steps/s")
+            row[f"estimate_{k}_{plural}"] = estimate
+            print(f"  estimate with {k:>2} simulator {plural} (Amdahl, from 1 and 2): {estimate:10,.0f} steps/s")
+    for learner, _, _ in runs.values():
+        close = getattr(learner.tasks._native, "close", None)
+        if close is not None:
+            close()
     return rows
 
 
-def iteration_profile(tasks: int = 40, horizon: int = 200) -> list[dict]:
-    """Where one half-cheetah MAML-TRPO meta-iteration (paper shape, native sampler) spends its time."""
+def iteration_profile(tasks: int = 40, horizon: int = 200, processes: int = 0) -> list[dict]:
+    """Where one half-cheetah MAML-TRPO meta-iteration (paper shape, native sampler) spends its time.
+
+    ``processes > 0``: the simulator runs in that many worker processes instead of threads.
+    """
+    from mamlrun.rl.processes import ProcessPool
     from mamlrun.rl.simulator import MujocoPool
     from mamlrun.rl.trpo import TRPO
 
-    learner, batch = _cheetah_learner("native", None, tasks)
+    learner, batch = _cheetah_learner("native", None, tasks, processes)
     learner.tasks.horizon = horizon
     spent = {"simulator": 0.0, "policy": 0.0}
-    step, actor = MujocoPool.step, learner.actor
+    pool_class = ProcessPool if processes else MujocoPool
+    step, actor = pool_class.step, learner.actor
 
     def timed(key, fn):
         def wrapper(*args, **kwargs):
@@ -196,18 +209,22 @@ def iteration_profile(tasks: int = 40, horizon: int = 200) -> list[dict]:
 
         return wrapper
 
-    MujocoPool.step = timed("simulator", step)
+    pool_class.step = timed("simulator", step)
     learner.actor = lambda params, draws: timed("policy", actor(params, draws))
     try:
+        learner.tasks.native_pool()  # worker processes start outside the timing
         t0 = time.perf_counter()
         learner.meta_gradient(batch)
         t1 = time.perf_counter()
         TRPO(learner.parameters()).step(*learner.step_args())
         t2 = time.perf_counter()
     finally:
-        MujocoPool.step = step
+        pool_class.step = step
+        if processes:
+            learner.tasks.native_pool().close()
+    workers = f"{processes} process{'es' * (processes > 1)}" if processes else "threads"
     parts = {
-        "simulator (MuJoCo steps, threads)": spent["simulator"],
+        f"simulator (MuJoCo steps, {workers})": spent["simulator"],
         "policy (actions for the pool)": spent["policy"],
         "rest of sampling (resets, advantages, inner step)": t1 - t0 - spent["simulator"] - spent["policy"],
         "TRPO (surrogate, CG with J^T F J, line search)": t2 - t1,

@@ -20,6 +20,7 @@ from mamlrun import parallel
 from mamlrun.errors import MamlrunError
 from mamlrun.objectives import Return
 from mamlrun.rl.episodes import Episodes
+from mamlrun.rl.processes import ProcessPool
 from mamlrun.rl.simulator import MujocoPool
 
 Actor = Callable[[torch.Tensor], torch.Tensor]
@@ -292,8 +293,10 @@ class Locomotion(EnvTasks):
     with equal probability; velocity tasks draw the target speed uniformly from ``goal_range``.
 
     ``sampler="native"`` (the default) steps the episodes' MuJoCo data directly in ``sim_threads``
-    native threads (:class:`~mamlrun.rl.simulator.MujocoPool`; ``None``: torch's thread count);
-    ``sampler="gym"`` calls each episode's gymnasium ``step``, one at a time. Both give the same
+    native threads (:class:`~mamlrun.rl.simulator.MujocoPool`; ``None``: torch's thread count), or,
+    with ``sim_processes > 0``, in that many worker processes
+    (:class:`~mamlrun.rl.processes.ProcessPool`, for machines with many cores);
+    ``sampler="gym"`` calls each episode's gymnasium ``step``, one at a time. All give the same
     trajectories; ``sim_timeout_s`` bounds one time step of the pool.
     """
 
@@ -311,10 +314,14 @@ class Locomotion(EnvTasks):
         sampler: str = "native",
         sim_threads: int | None = None,
         sim_timeout_s: float = 120.0,
+        sim_processes: int = 0,
     ) -> None:
         super().__init__(discount)
         if sampler not in ("native", "gym"):
             raise MamlrunError(f"dataset.sampler must be native or gym, got {sampler!r}")
+        if int(sim_processes) < 0:
+            raise MamlrunError(f"dataset.sim_processes must be 0 (threads) or more (processes), got {sim_processes}")
+        self.sim_processes = int(sim_processes)
         self.name, self.env_id, self.reward, self.horizon = name, env_id, reward, int(horizon)
         self.sampler, self.sim_timeout_s = sampler, float(sim_timeout_s)
         self.sim_threads = None if sim_threads is None else int(sim_threads)
@@ -328,7 +335,7 @@ class Locomotion(EnvTasks):
         self.obs_dim, self.act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
         self.action_low, self.action_high = probe.action_space.low, probe.action_space.high
         self.pool.append(probe)
-        self._native: MujocoPool | None = None
+        self._native: MujocoPool | ProcessPool | None = None
 
     def make_env(self, goal: float = 1.0, bare: bool = False) -> LocomotionTask:
         """One task as a gymnasium environment (truncated after ``horizon`` steps).
@@ -354,11 +361,15 @@ class Locomotion(EnvTasks):
             return self._rollout_gym(act, goals, trajectories, draws)
         return self._rollout_native(act, goals, trajectories, draws)
 
-    def native_pool(self) -> MujocoPool:
-        """The pool of native simulations (threads: ``sim_threads``, else torch's thread count)."""
+    def native_pool(self) -> MujocoPool | ProcessPool:
+        """The pool of native simulations: ``sim_processes`` worker processes, else threads
+        (``sim_threads``, else torch's thread count)."""
         if self._native is None:
-            threads = self.sim_threads or torch.get_num_threads()
-            self._native = MujocoPool(self.pool[0].unwrapped, threads, self.sim_timeout_s)
+            if self.sim_processes:
+                self._native = ProcessPool(self.env_id, self.sim_processes, self.sim_timeout_s)
+            else:
+                threads = self.sim_threads or torch.get_num_threads()
+                self._native = MujocoPool(self.pool[0].unwrapped, threads, self.sim_timeout_s)
         return self._native
 
     def _rollout_native(self, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
@@ -371,7 +382,7 @@ class Locomotion(EnvTasks):
         finally:
             torch.set_num_threads(threads)
 
-    def _step_pool(self, pool: MujocoPool, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws):
+    def _step_pool(self, pool: MujocoPool | ProcessPool, act: Actor, goals: torch.Tensor, trajectories: int, draws):
         current = pool.reset(draws.integers(2**31 - 1, goals.shape[0], trajectories))
         goal = np.asarray(goals.repeat_interleave(trajectories, 0).flatten().tolist())
 
@@ -448,7 +459,8 @@ def half_cheetah(
 ) -> Locomotion:
     """Half-cheetah forward/backward (``direction``) or target velocity in ``goal_range`` (``velocity``).
 
-    ``sampling``: ``sampler`` (``native`` or ``gym``), ``sim_threads``, ``sim_timeout_s`` (see :class:`Locomotion`).
+    ``sampling``: ``sampler`` (``native`` or ``gym``), ``sim_threads``, ``sim_processes``, ``sim_timeout_s`` (see
+    :class:`Locomotion`).
     """
     name = f"halfcheetah_{reward[:3]}"
     return Locomotion(name, "HalfCheetah-v5", reward, goal_range, horizon, 0.05, discount=discount, **sampling)
