@@ -101,3 +101,30 @@ def test_evaluation_samples_test_shots_trajectories_per_step():
     assert [e.mask.shape[1] for e in default.trajectories(batch, 2)] == [4, 4, 4]
     assert [e.mask.shape[1] for e in wider.trajectories(batch, 2)] == [7, 7, 7]
     assert default.evaluate(batch)["return"].shape == wider.evaluate(batch)["return"].shape == (3, 3)
+
+
+def test_test_transitions_draws_whole_trajectories_until_each_task_has_enough():
+    """rllab's ``batch_size`` rule: whole paths until the transitions reach it; short episodes give more paths."""
+    from mamlrun.rl.learner import mean_return
+
+    tasks = Navigation2D(horizon=10, goal_tolerance=0.3)  # episodes near the origin's goals end early
+    batch = tasks.sample(6, "test", torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    learner = MetaRL(
+        GaussianMLP((2,), 2), MAML(0.1, 1, 2), tasks, shots=4, query_shots=4, test_shots=4, test_transitions=30
+    )
+    for episodes in learner.trajectories(batch, 2):
+        lengths = episodes.lengths
+        kept = lengths > 0
+        total = lengths.sum(1)
+        last = kept.sum(1) - 1  # trajectories are kept from the first one on, then padding only
+        assert torch.equal(kept, torch.arange(lengths.shape[1]) <= last.unsqueeze(1))
+        assert (total >= 30).all()
+        assert (total - lengths.gather(1, last.unsqueeze(1)).squeeze(1) < 30).all()  # the last one was needed
+        assert lengths.shape[1] % 4 == 0  # drawn in batches of test_shots
+        assert (episodes.rewards[~kept] == 0).all() and (episodes.mask[~kept] == 0).all()
+        manual = torch.stack([episodes.returns[t][kept[t]].mean() for t in range(6)])
+        assert torch.allclose(mean_return(episodes), manual)
+    most = [int((e.lengths > 0).sum(1).max()) for e in learner.trajectories(batch, 2)]
+    assert max(most) > 4  # a task whose paths ended early needed a second batch of them
+    assert learner.evaluate(batch)["return"].shape == (3, 6)

@@ -32,6 +32,12 @@ class MetaObjective(NamedTuple):
     query: tuple[Episodes, torch.Tensor, dict[str, torch.Tensor]]  # episodes, advantages, old policy
 
 
+def mean_return(episodes: Episodes) -> torch.Tensor:
+    """Average undiscounted return per task over its trajectories (``[T]``; padding trajectories left out)."""
+    sampled = (episodes.lengths > 0).to(episodes.rewards.dtype)
+    return (episodes.returns * sampled).sum(1) / sampled.sum(1).clamp(min=1)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over each task's valid steps: ``[T, N, H] -> [T]``."""
     return (values * mask).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
@@ -61,8 +67,11 @@ class MetaRL(nn.Module):
         shots: trajectories per task for every adaptation step.
         query_shots: trajectories per task sampled with the adapted policies for the meta-update.
         later_inner_lr: step size of evaluation steps after the first (``None``: ``inner_lr``).
-        test_shots: trajectories per task for every evaluation step (``None``: ``shots``); the
-            paper's code tests with about 40 (4000 transitions of 100 steps on 2D navigation).
+        test_shots: trajectories per task for every evaluation step (``None``: ``shots``).
+        test_transitions: if set, every evaluation step samples whole trajectories per task (in
+            batches of ``test_shots``) until they hold at least this many transitions, as rllab's
+            sampler does with its ``batch_size`` (the paper's code tests 2D navigation with 4000:
+            40 trajectories before adaptation, about 100 once most episodes stop at the goal).
     """
 
     progress_stat = "return_post"
@@ -76,6 +85,7 @@ class MetaRL(nn.Module):
         query_shots: int,
         later_inner_lr: float | None = None,
         test_shots: int | None = None,
+        test_transitions: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, GaussianMLP):
@@ -87,6 +97,9 @@ class MetaRL(nn.Module):
         algorithm.setup(model)
         self.shots, self.query_shots = int(shots), int(query_shots)
         self.test_shots = self.shots if test_shots is None else int(test_shots)
+        self.test_transitions = None if test_transitions is None else int(test_transitions)
+        if self.test_transitions is not None and self.test_transitions < 1:
+            raise MamlrunError(f"rl.test_transitions must be a positive number, got {test_transitions}")
         self.later_inner_lr = float(algorithm.inner_lr if later_inner_lr is None else later_inner_lr)
         self._step: tuple = ()
 
@@ -136,6 +149,33 @@ class MetaRL(nn.Module):
 
     def sample(self, params: Params, goals: torch.Tensor, trajectories: int, draws: Draws) -> Episodes:
         return self.tasks.rollout(self.actor(params, draws), goals, trajectories, draws)
+
+    def sample_test(self, params: Params, goals: torch.Tensor, draws: Draws) -> Episodes:
+        """The trajectories of one evaluation step: ``test_shots`` per task, or, with
+        ``test_transitions``, whole trajectories until each task has that many transitions.
+
+        Trajectories are drawn in batches of ``test_shots``; a task keeps every trajectory that
+        starts before its count reaches ``test_transitions`` and the rest become padding (mask 0,
+        length 0), so tasks whose episodes end early (at the goal) get more of them.
+
+        References:
+            Duan et al. 2016, rllab (``BatchSampler``: paths are sampled whole until ``batch_size``
+            transitions); cbfinn/maml_rl ``test_maml_point.py`` (``batch_size=4000``).
+        """
+        batches = [self.sample(params, goals, self.test_shots, draws)]
+        if self.test_transitions is None:
+            return batches[0]
+        while not bool((torch.cat([b.lengths for b in batches], 1).sum(1) >= self.test_transitions).all()):
+            batches.append(self.sample(params, goals, self.test_shots, draws))  # test time: a host sync is fine
+        fields = ("obs", "actions", "rewards", "mask", "speed")
+        joined = {
+            f: None if getattr(batches[0], f) is None else torch.cat([getattr(b, f) for b in batches], 1)
+            for f in fields
+        }
+        lengths = joined["mask"].sum(-1)
+        keep = ((lengths.cumsum(1) - lengths) < self.test_transitions).to(lengths.dtype).unsqueeze(-1)
+        joined.update(rewards=joined["rewards"] * keep, mask=joined["mask"] * keep)
+        return Episodes(**joined)
 
     def log_probs(self, params: Params, episodes: Episodes) -> torch.Tensor:
         t, n, h = episodes.mask.shape
@@ -272,7 +312,7 @@ class MetaRL(nn.Module):
     def evaluate(self, batch: EnvTaskBatch, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Average return per task after 0..steps adaptation steps: ``{"return": [steps + 1, tasks]}``."""
         steps = self.test_inner_steps if steps is None else steps
-        return {"return": torch.stack([e.returns.mean(1) for e in self.trajectories(batch, steps)])}
+        return {"return": torch.stack([mean_return(e) for e in self.trajectories(batch, steps)])}
 
     def trajectories(self, batch: EnvTaskBatch, steps: int) -> list[Episodes]:
         """The episodes sampled before and after each of ``steps`` adaptation steps."""
@@ -280,7 +320,7 @@ class MetaRL(nn.Module):
         params = {k: v.detach() for k, v in self.policy.batched_params(batch.num_tasks).items()}
         out = []
         for k in range(steps + 1):
-            out.append(self.sample(params, batch.goals, self.test_shots, gen))
+            out.append(self.sample_test(params, batch.goals, gen))
             if k < steps:
                 lr = self.inner_lr if k == 0 else self.later_inner_lr
                 params = self.adapt_step(params, out[-1], advantages(out[-1], self.tasks.discount), lr, False)
