@@ -420,9 +420,8 @@ def mamlpp_ablation(sweep_dir: Path) -> pd.DataFrame:
     ]
     if not rows:
         return pd.DataFrame()
-    cells, names = list(paper.MAMLPP_ABLATION), list(paper.MAMLPP_ABLATION_ROWS)
-    table = pd.DataFrame(rows)
-    return table.sort_values(["cell", "row"], key=lambda c: c.map((cells if c.name == "cell" else names).index))
+    order = {"cell": list(paper.MAMLPP_ABLATION).index, "row": list(paper.MAMLPP_ABLATION_ROWS).index}
+    return pd.DataFrame(rows).sort_values(["cell", "row"], key=lambda column: column.map(order[column.name]))
 
 
 def mamlpp_ablation_report(sweep_dir: Path, out_dir: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mamlrun import parallel
 from mamlrun.algorithms.base import Algorithm
 from mamlrun.algorithms.inner import batched_gradients, inner_loop
 from mamlrun.errors import MamlrunError
@@ -165,8 +166,12 @@ class MetaRL(nn.Module):
         batches = [self.sample(params, goals, self.test_shots, draws)]
         if self.test_transitions is None:
             return batches[0]
-        while not bool((torch.cat([b.lengths for b in batches], 1).sum(1) >= self.test_transitions).all()):
-            batches.append(self.sample(params, goals, self.test_shots, draws))  # test time: a host sync is fine
+        # Every rank draws as many batches as the rank that needs most (the rollouts step in lockstep).
+        # Test time: the host syncs are fine.
+        while parallel.any_rank(
+            bool((torch.cat([b.lengths for b in batches], 1).sum(1) < self.test_transitions).any())
+        ):
+            batches.append(self.sample(params, goals, self.test_shots, draws))
         fields = ("obs", "actions", "rewards", "mask", "speed")
         joined = {
             f: None if getattr(batches[0], f) is None else torch.cat([getattr(b, f) for b in batches], 1)
