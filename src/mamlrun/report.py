@@ -359,6 +359,16 @@ def accuracy(group: pd.DataFrame, published: tuple) -> dict[str, Any]:
     }
 
 
+def accuracy_columns(table: pd.DataFrame) -> dict[str, Any]:
+    """The shown columns of a table of :func:`accuracy` rows: ours and the paper's with intervals, iterations, wall."""
+    return {
+        "mamlrun acc (%)": [with_ci(a, c, 2) for a, c in zip(table["acc"], table["ci95"])],
+        "paper (%)": [with_ci(a, c, 2) for a, c in zip(table["paper"], table["paper_ci95"])],
+        "meta-iterations": table["meta_iterations"],
+        "wall (s)": table["wall_s"].round(0),
+    }
+
+
 def table1(sweep_dir: Path) -> pd.DataFrame:
     """Accuracy (%) per Table 1 cell and algorithm, mean over seeds, beside the paper's."""
     df = collect(sweep_dir)
@@ -384,10 +394,7 @@ def table1_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
         {
             "cell": table["cell"],
             "algorithm": table["algorithm"],
-            "mamlrun acc (%)": [with_ci(a, c, 2) for a, c in zip(table["acc"], table["ci95"])],
-            "paper (%)": [with_ci(a, c, 2) for a, c in zip(table["paper"], table["paper_ci95"])],
-            "meta-iterations": table["meta_iterations"],
-            "wall (s)": table["wall_s"].round(0),
+            **accuracy_columns(table),
         }
     )
     written = list(write_table(table, out_dir / "table1", shown))
@@ -434,10 +441,7 @@ def mamlpp_ablation_report(sweep_dir: Path, out_dir: Path) -> list[Path]:
         {
             "cell": table["cell"].str.removeprefix("mamlpp_"),
             "row": table["name"],
-            "mamlrun acc (%)": [with_ci(a, c, 2) for a, c in zip(table["acc"], table["ci95"])],
-            "paper (%)": [with_ci(a, c, 2) for a, c in zip(table["paper"], table["paper_ci95"])],
-            "meta-iterations": table["meta_iterations"],
-            "wall (s)": table["wall_s"].round(0),
+            **accuracy_columns(table),
         }
     )
     written = list(write_table(table, out_dir / "mamlpp_ablation", shown))

@@ -382,7 +382,9 @@ class Locomotion(EnvTasks):
         finally:
             torch.set_num_threads(threads)
 
-    def _step_pool(self, pool: MujocoPool | ProcessPool, act: Actor, goals: torch.Tensor, trajectories: int, draws):
+    def _step_pool(
+        self, pool: MujocoPool | ProcessPool, act: Actor, goals: torch.Tensor, trajectories: int, draws: Draws
+    ):
         current = pool.reset(draws.integers(2**31 - 1, goals.shape[0], trajectories))
         goal = np.asarray(goals.repeat_interleave(trajectories, 0).flatten().tolist())
 

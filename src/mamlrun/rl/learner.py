@@ -7,6 +7,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -172,10 +173,9 @@ class MetaRL(nn.Module):
             bool((torch.cat([b.lengths for b in batches], 1).sum(1) < self.test_transitions).any())
         ):
             batches.append(self.sample(params, goals, self.test_shots, draws))
-        fields = ("obs", "actions", "rewards", "mask", "speed")
         joined = {
-            f: None if getattr(batches[0], f) is None else torch.cat([getattr(b, f) for b in batches], 1)
-            for f in fields
+            f.name: None if getattr(batches[0], f.name) is None else torch.cat([getattr(b, f.name) for b in batches], 1)
+            for f in dataclasses.fields(Episodes)
         }
         lengths = joined["mask"].sum(-1)
         keep = ((lengths.cumsum(1) - lengths) < self.test_transitions).to(lengths.dtype).unsqueeze(-1)
