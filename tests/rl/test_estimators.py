@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mamlrun.algorithms import MAML
+from mamlrun.errors import MamlrunError
 from mamlrun.rl import GaussianMLP, MetaRL, Navigation2D
 from mamlrun.rl.episodes import Episodes, advantages, discounted_returns, linear_baseline
 
@@ -128,3 +130,41 @@ def test_test_transitions_draws_whole_trajectories_until_each_task_has_enough():
     most = [int((e.lengths > 0).sum(1).max()) for e in learner.trajectories(batch, 2)]
     assert max(most) > 4  # a task whose paths ended early needed a second batch of them
     assert learner.evaluate(batch)["return"].shape == (3, 6)
+
+
+def test_test_baseline_previous_predicts_with_the_previous_steps_fit():
+    """rllab's order: step 0's advantages have no baseline; step k's use the fit on step k - 1's paths."""
+    from mamlrun.rl.episodes import fit_baseline, masked_normalize, predict_baseline
+
+    tasks = Navigation2D(horizon=10)
+    batch = tasks.sample(3, "test", torch.Generator().manual_seed(2))
+    seen = {}
+    for order in ("own", "previous"):
+        torch.manual_seed(0)
+        learner = MetaRL(GaussianMLP((2,), 2), MAML(0.1, 1, 3), tasks, shots=5, query_shots=5, test_baseline=order)
+        recorded = []
+        learner.adapt_step = _recording(learner.adapt_step, recorded)
+        seen[order] = (learner.trajectories(batch, 3), recorded)
+    episodes, adv = seen["previous"]
+    assert len(adv) == 3
+    returns = [discounted_returns(e.rewards, tasks.discount) for e in episodes]
+    assert torch.allclose(adv[0], masked_normalize(returns[0] * episodes[0].mask, episodes[0].mask))
+    for k in (1, 2):
+        lagged = returns[k] - predict_baseline(episodes[k], fit_baseline(episodes[k - 1], returns[k - 1]))
+        assert torch.allclose(adv[k], masked_normalize(lagged * episodes[k].mask, episodes[k].mask), atol=1e-6)
+        assert not torch.allclose(adv[k], advantages(episodes[k], tasks.discount), atol=1e-3)
+    own_episodes, own_adv = seen["own"]
+    for k in range(3):
+        assert torch.allclose(own_adv[k], advantages(own_episodes[k], tasks.discount))
+    with pytest.raises(MamlrunError, match="test_baseline must be one of own, previous"):
+        MetaRL(GaussianMLP((2,), 2), MAML(0.1, 1, 3), tasks, shots=5, query_shots=5, test_baseline="next")
+
+
+def _recording(adapt_step, advantages_seen: list):
+    """``adapt_step`` that also keeps the advantages it is given."""
+
+    def step(params, episodes, adv, lr, create_graph):
+        advantages_seen.append(adv)
+        return adapt_step(params, episodes, adv, lr, create_graph)
+
+    return step

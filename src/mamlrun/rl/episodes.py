@@ -63,11 +63,10 @@ def baseline_features(obs: torch.Tensor) -> torch.Tensor:
     return torch.cat([o, o * o, t, t * t, t**3, torch.ones_like(t)], dim=-1)
 
 
-def linear_baseline(episodes: Episodes, returns: torch.Tensor, reg: float = 1e-5) -> torch.Tensor:
-    """Fit one ridge regression per task from features to returns-to-go; its predictions ``[T, N, H]``.
+def fit_baseline(episodes: Episodes, returns: torch.Tensor, reg: float = 1e-5) -> torch.Tensor:
+    """One ridge regression per task from features to returns-to-go: coefficients ``[T, features, 1]`` (float64).
 
-    Fitted on the task's own trajectories and treated as a constant by the policy gradient. The
-    regulariser grows tenfold (up to five times) when the normal equations are ill-conditioned.
+    The regulariser grows tenfold (up to five times) when the normal equations are ill-conditioned.
     """
     tasks = returns.shape[0]
     x = baseline_features(episodes.obs).double()
@@ -81,7 +80,22 @@ def linear_baseline(episodes: Episodes, returns: torch.Tensor, reg: float = 1e-5
         if torch.isfinite(coef).all():
             break
         reg *= 10
-    return (x.reshape(tasks, -1, x.shape[-1]) @ coef).reshape(returns.shape).to(returns.dtype)
+    return coef
+
+
+def predict_baseline(episodes: Episodes, coef: torch.Tensor) -> torch.Tensor:
+    """The baseline with coefficients ``coef`` (:func:`fit_baseline`) at every step: ``[T, N, H]``."""
+    x = baseline_features(episodes.obs).double()
+    tasks = x.shape[0]
+    return (x.reshape(tasks, -1, x.shape[-1]) @ coef).reshape(x.shape[:-1]).to(episodes.rewards.dtype)
+
+
+def linear_baseline(episodes: Episodes, returns: torch.Tensor, reg: float = 1e-5) -> torch.Tensor:
+    """The linear baseline fitted on the task's own trajectories, at their steps: ``[T, N, H]``.
+
+    Treated as a constant by the policy gradient.
+    """
+    return predict_baseline(episodes, fit_baseline(episodes, returns, reg))
 
 
 def masked_normalize(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -93,9 +107,20 @@ def masked_normalize(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8
     return (values - mean) / (var.sqrt() + eps) * mask
 
 
-def advantages(episodes: Episodes, discount: float, baseline: bool = True, normalize: bool = True) -> torch.Tensor:
-    """``G_t - b(s_t)`` per step (``[T, N, H]``, zero on padding), optionally normalised per task."""
+def advantages(
+    episodes: Episodes,
+    discount: float,
+    baseline: bool = True,
+    normalize: bool = True,
+    coef: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``G_t - b(s_t)`` per step (``[T, N, H]``, zero on padding), optionally normalised per task.
+
+    ``b`` is the linear baseline fitted on these episodes, or, given ``coef``, the baseline with those
+    coefficients (rllab's order: fitted on the task's previous batch; zeros before any fit).
+    """
     returns = discounted_returns(episodes.rewards, discount)
-    adv = returns - linear_baseline(episodes, returns) if baseline else returns
-    adv = adv * episodes.mask
+    if baseline:
+        returns = returns - (linear_baseline(episodes, returns) if coef is None else predict_baseline(episodes, coef))
+    adv = returns * episodes.mask
     return masked_normalize(adv, episodes.mask) if normalize else adv

@@ -19,8 +19,10 @@ from mamlrun.algorithms.base import Algorithm
 from mamlrun.algorithms.inner import batched_gradients, inner_loop
 from mamlrun.errors import MamlrunError
 from mamlrun.rl.envs import Draws, EnvTaskBatch, EnvTasks
-from mamlrun.rl.episodes import Episodes, advantages
+from mamlrun.rl.episodes import Episodes, advantages, discounted_returns, fit_baseline
 from mamlrun.rl.policy import GaussianMLP, Params, kl_divergence, log_prob
+
+TEST_BASELINES = ("own", "previous")
 
 
 class MetaObjective(NamedTuple):
@@ -74,6 +76,10 @@ class MetaRL(nn.Module):
             batches of ``test_shots``) until they hold at least this many transitions, as rllab's
             sampler does with its ``batch_size`` (the paper's code tests 2D navigation with 4000:
             40 trajectories before adaptation, about 100 once most episodes stop at the goal).
+        test_baseline: the linear baseline of every evaluation step's advantages: ``own`` (fitted on
+            the step's own trajectories, as in meta-training) or ``previous`` (rllab's order, which
+            the paper's test scripts follow: predicted by the fit on the task's previous step, and
+            zero before the first step, as from a freshly built baseline; fitted after).
     """
 
     progress_stat = "return_post"
@@ -88,6 +94,7 @@ class MetaRL(nn.Module):
         later_inner_lr: float | None = None,
         test_shots: int | None = None,
         test_transitions: int | None = None,
+        test_baseline: str = "own",
     ) -> None:
         super().__init__()
         if not isinstance(model, GaussianMLP):
@@ -102,6 +109,9 @@ class MetaRL(nn.Module):
         self.test_transitions = None if test_transitions is None else int(test_transitions)
         if self.test_transitions is not None and self.test_transitions < 1:
             raise MamlrunError(f"rl.test_transitions must be a positive number, got {test_transitions}")
+        if test_baseline not in TEST_BASELINES:
+            raise MamlrunError(f"rl.test_baseline must be one of {', '.join(TEST_BASELINES)}, not {test_baseline!r}")
+        self.test_baseline = test_baseline
         self.later_inner_lr = float(algorithm.inner_lr if later_inner_lr is None else later_inner_lr)
         self._step: tuple = ()
 
@@ -323,10 +333,16 @@ class MetaRL(nn.Module):
         """The episodes sampled before and after each of ``steps`` adaptation steps."""
         gen = batch.draws()
         params = {k: v.detach() for k, v in self.policy.batched_params(batch.num_tasks).items()}
-        out = []
+        out, discount, coef = [], self.tasks.discount, None
         for k in range(steps + 1):
-            out.append(self.sample_test(params, batch.goals, gen))
-            if k < steps:
-                lr = self.inner_lr if k == 0 else self.later_inner_lr
-                params = self.adapt_step(params, out[-1], advantages(out[-1], self.tasks.discount), lr, False)
+            episodes = self.sample_test(params, batch.goals, gen)
+            out.append(episodes)
+            if k == steps:
+                break
+            if self.test_baseline == "own":
+                adv = advantages(episodes, discount)
+            else:  # rllab: predict with the previous fit (none before the first step), then fit
+                adv = advantages(episodes, discount, baseline=coef is not None, coef=coef)
+                coef = fit_baseline(episodes, discounted_returns(episodes.rewards, discount))
+            params = self.adapt_step(params, episodes, adv, self.inner_lr if k == 0 else self.later_inner_lr, False)
         return out
