@@ -117,7 +117,7 @@ def advantages(
     """``G_t - b(s_t)`` per step (``[T, N, H]``, zero on padding), optionally normalised per task.
 
     ``b`` is the linear baseline fitted on these episodes, or, given ``coef``, the baseline with those
-    coefficients (rllab's order: fitted on the task's previous batch; zeros before any fit).
+    coefficients (rllab's order: fitted on the task's previous batch); ``baseline=False``: ``b = 0``.
     """
     returns = discounted_returns(episodes.rewards, discount)
     if baseline:
