@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def test_a_cell_resumes_in_its_own_directory_and_keeps_its_provenance(tmp_path, 
     assert row.status == "partial" and row.tested_iteration in (3, 6)
     assert next(iter((runs / "_eval").iterdir())).name.startswith("omniglot_5w1s__maml__it")
     assert not (run / "metrics.json").exists()
+
+    # A fresh clone (no outputs/): the kept copy in results/ restores the run, its row and its checkpoint.
+    kept = out / "runs" / run.name
+    assert (kept / "checkpoints" / "last.pt").is_file()
+    assert (kept / f"test_metrics_it{int(row.tested_iteration)}.json").is_file()
+    shutil.rmtree(runs)
+    assert results.main(["table1", "--runs", str(runs), "--out", str(out)]) == 0
+    again = pd.read_csv(out / "table1.csv").iloc[0]
+    assert (again.status, again.acc, again.tested_iteration) == ("partial", row.acc, row.tested_iteration)
+    shutil.rmtree(runs)
+    third = _reproduce(tmp_path, *args, *quick)  # continues from the kept checkpoint, not from scratch
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"restored 1 run(s) from {out / 'runs'}" in third.stdout
+    sessions = results.read_ledger(run)
+    assert len(sessions) == 3 and "resume=true" in sessions[2]["command"] and sessions[2]["iterations"] == [6, 6]
 
 
 def test_table1_quick_reproduction_writes_the_table(tmp_path, small_sets):

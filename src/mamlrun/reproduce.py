@@ -15,7 +15,8 @@ a machine with only Omniglot still rebuilds the Omniglot rows. Every (cell, algo
 ordinary run in its own fixed directory ``<runs>/<cell>__<algorithm>``: run the command again and
 the runs that have a checkpoint continue where they stopped (``resume=true``), so a table that takes
 days is built over as many sessions as it needs. Then the table is written (with each row's
-provenance) to ``results/<table>/``.
+provenance) to ``results/<table>/``, which also keeps every unfinished run's checkpoints
+(:mod:`mamlrun.kept`): a fresh clone restores them into ``<runs>`` first and continues from there.
 
 ``--cells`` picks cells by name or prefix (``omniglot`` = every Omniglot cell, ``omniglot_5w1s``
 one cell). Overrides (``meta_iterations=2000``, ``++dataset.root=...``) reach every run.
@@ -40,8 +41,9 @@ from omegaconf import OmegaConf
 from mamlrun.config import build
 from mamlrun.errors import MamlrunError
 from mamlrun.files import write_json
+from mamlrun.kept import evaluations, ledger_path, restore_all
 from mamlrun.paths import CONF_DIR, SWEEPS_DIR, data_candidates, small_omniglot
-from mamlrun.results import checkpoint_iteration, git_commit, record_session
+from mamlrun.results import checkpoint_iteration, git_commit, last_iteration, record_session
 
 # A quick run: a few meta-iterations and small task batches (conf/debug/quick.yaml), the plumbing only.
 QUICK = ["debug=quick"]
@@ -140,8 +142,20 @@ def quick_sweep(runs_dir: Path, cells: dict[str, list[str]], algorithms: list[st
 
 
 def train(cmd: list[str], run_dir: Path) -> int:
-    """Run one cell's command and append the session (command, commit, hardware, wall time) to its ledger."""
+    """Run one cell's command and append the session (command, commit, hardware, wall time) to its ledger.
+
+    A finished run kept without checkpoints (restored from ``results/``) is not trained again; an
+    unfinished one kept without a checkpoint cannot continue and starts afresh, its old record dropped.
+    """
     last = run_dir / "checkpoints" / "last.pt"  # where a resumed run starts (later log lines are redone)
+    if not last.is_file() and (run_dir / "metrics.json").is_file():
+        print(f"reproduce: {run_dir.name} has finished (its test metrics are kept); nothing to train", flush=True)
+        return 0
+    if not last.is_file() and last_iteration(run_dir):
+        print(f"reproduce: {run_dir.name} has no checkpoint to continue from; it starts afresh", flush=True)
+        ledger_path(run_dir).unlink(missing_ok=True)
+        for tested in evaluations(run_dir, run_dir.parent):
+            shutil.rmtree(tested.parent)
     before, started = (checkpoint_iteration(last) or 0) if last.is_file() else 0, time.time()
     commit = git_commit()  # the code this session runs, whatever the checkout holds when it ends
     proc = subprocess.Popen(cmd)
@@ -246,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs or Path(f"outputs/{args.table}{'_quick' if args.quick else ''}")
     out = args.out or (Path("outputs/reports_quick") if args.quick else Path("results") / args.table)
     overrides = [*(QUICK if args.quick else []), *args.overrides]
+    if not args.quick:  # a fresh clone continues the runs that results/ keeps with their checkpoints
+        restore_all(out / "runs", runs_dir, resumable_only=True)
     if args.table in ("algorithms", "rl"):
         select = algorithm_jobs if args.table == "algorithms" else rl_jobs
         try:

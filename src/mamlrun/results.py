@@ -18,7 +18,9 @@ and writes, for every cell and algorithm of the paper's table (run or not):
   session that trained the run, the git commit(s), hardware and dates;
 - ``table1.md``: the same as a readable table plus the commands;
 - ``table1_curves.png``: validation accuracy against meta-iteration for every run, beside the paper;
-- ``runs/<cell>__<algorithm>/``: each run's config, overrides, ``metrics.jsonl`` and test metrics.
+- ``runs/<cell>__<algorithm>/``: each run kept (:mod:`mamlrun.kept`): config, overrides,
+  ``metrics.jsonl``, sessions, test metrics and, while it trains, its checkpoints. A clone without
+  ``outputs/`` restores its run directories from there, so every row survives and training continues.
 
 A run that has not finished is tested from its best validated checkpoint with ``--evaluate``
 (``mamlrun mode=eval`` into ``<runs>/_eval/``, once per checkpoint iteration), so a table that is
@@ -48,10 +50,9 @@ import torch
 import yaml
 
 from mamlrun import paper
+from mamlrun.kept import EVALUATIONS, evaluations, ledger_path, restore_all, store
 from mamlrun.paths import CHECKOUT
 from mamlrun.report import read_jsonl, with_ci
-
-LEDGER = "sessions.jsonl"  # beside each run directory: <run>.sessions.jsonl
 
 
 # -- provenance -----------------------------------------------------------------------------
@@ -78,10 +79,6 @@ def hardware() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return f"{cpu} ({os.cpu_count()} cores){gpu}; torch {torch.__version__}"
-
-
-def ledger_path(run_dir: Path) -> Path:
-    return run_dir.with_name(f"{run_dir.name}.{LEDGER}")
 
 
 def last_iteration(run_dir: Path) -> int:
@@ -130,7 +127,7 @@ def evaluate_partial(run_dir: Path, runs_dir: Path) -> Path | None:
     iteration = checkpoint_iteration(ckpt) if ckpt.is_file() else None
     if iteration is None:
         return None
-    out = runs_dir / "_eval" / f"{run_dir.name}__it{iteration}"
+    out = runs_dir / EVALUATIONS / f"{run_dir.name}__it{iteration}"
     if (out / "metrics.json").is_file():
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -146,12 +143,6 @@ def evaluate_partial(run_dir: Path, runs_dir: Path) -> Path | None:
     ]
     print("results:", " ".join(cmd[1:]), flush=True)
     return out if subprocess.run(cmd).returncode == 0 else None
-
-
-def evaluations(run_dir: Path, runs_dir: Path) -> list[Path]:
-    """The test metrics of a run's evaluated checkpoints, oldest iteration first (by number, not by name)."""
-    found = (runs_dir / "_eval").glob(f"{run_dir.name}__it*/metrics.json")
-    return sorted(found, key=lambda p: int(p.parent.name.rsplit("__it", 1)[1]))
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -204,8 +195,10 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
     rows = []
     for run_dir in rl_run_dirs(runs_dir):
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-        hydra = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
-        experiment = hydra["runtime"]["choices"].get("experiment") or ""
+        kept = run_dir / ".hydra" / "hydra.yaml"  # absent from runs kept before it was (named <experiment>__<algo>)
+        hydra = yaml.safe_load(kept.read_text())["hydra"] if kept.is_file() else {}
+        named = run_dir.name.split("__")[0] if "__" in run_dir.name else ""
+        experiment = hydra.get("runtime", {}).get("choices", {}).get("experiment") or named
         # A sweep's job: its command is the sweep file's with the job's overrides.
         sweep = f"-cd sweeps -cn {hydra['job']['config_name']} " if hydra.get("mode") == "MULTIRUN" else ""
         algorithm = config["algorithm"]["name"]
@@ -235,7 +228,7 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
         )
         row["commits"] = " ".join(dict.fromkeys(s["git_commit"][:12] for s in starts))
         row["dates"] = " ".join(dict.fromkeys(s["started"][:10] for s in starts))
-        row["hardware"] = hardware()
+        row["hardware"] = " | ".join(dict.fromkeys(x["hardware"] for x in sessions)) if sessions else hardware()
         rows.append(row)
     return rows
 
@@ -272,20 +265,11 @@ def write_rl(runs_dir: Path, out: Path, evaluate: bool = False) -> list[Path]:
     pd.DataFrame(rows).to_csv(out / "rl.csv", index=False)
     (out / "rl.md").write_text(rl_markdown(rows))
     for run_dir in rl_run_dirs(runs_dir):
-        dest = out / "runs" / run_dir.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in ("metrics.jsonl", "provenance.json", "learning_curve.png"):
-            if (run_dir / name).is_file():
-                shutil.copyfile(run_dir / name, dest / name)
-        shutil.copyfile(run_dir / ".hydra" / "config.yaml", dest / "config.yaml")
+        # The adapted behaviour: the run's own figures (kept with its record), else those its tested checkpoint drew.
         evals = evaluations(run_dir, runs_dir)
-        if evals:
-            shutil.copyfile(evals[-1], dest / f"test_metrics_{evals[-1].parent.name.rsplit('__', 1)[1]}.json")
-        # The adapted behaviour: the run's own figures, else those its tested checkpoint drew.
-        drawn = run_dir if (run_dir / "metrics.json").is_file() or not evals else evals[-1].parent
-        for name in ("velocity.png", "velocity.json", "trajectories.png", "trajectories.json"):
-            if (drawn / name).is_file():
-                shutil.copyfile(drawn / name, dest / name)
+        drawn = [] if (run_dir / "metrics.json").is_file() or not evals else list(evals[-1].parent.glob("*.*"))
+        figures = tuple(f for f in drawn if f.name.startswith(("velocity.", "trajectories.")))
+        store(run_dir, runs_dir, out / "runs" / run_dir.name, figures)
     return [out / "rl.csv", out / "rl.md"]
 
 
@@ -376,25 +360,11 @@ def plot_steps(rows: list[dict], path: Path) -> Path | None:
 
 
 def copy_runs(runs_dir: Path, rows: list[dict], out: Path) -> None:
-    """The small files of every run (config, overrides, curves, test metrics, sessions) into ``out/runs``."""
+    """Keep every run of the table in ``out/runs`` (:func:`mamlrun.kept.store`: record, checkpoints if unfinished)."""
     for row in rows:
         run_dir = runs_dir / f"{row['cell']}__{row['algorithm']}"
-        if not (run_dir / ".hydra").is_dir():
-            continue
-        dest = out / "runs" / run_dir.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for src, name in [
-            (run_dir / ".hydra" / "config.yaml", "config.yaml"),
-            (run_dir / ".hydra" / "overrides.yaml", "overrides.yaml"),
-            (run_dir / "metrics.jsonl", "metrics.jsonl"),
-            (run_dir / "metrics.json", "test_metrics.json"),
-            (ledger_path(run_dir), LEDGER),
-        ]:
-            if src.is_file():
-                shutil.copyfile(src, dest / name)
-        evals = evaluations(run_dir, runs_dir)
-        if evals and not (run_dir / "metrics.json").is_file():
-            shutil.copyfile(evals[-1], dest / f"test_metrics_{evals[-1].parent.name.rsplit('__', 1)[1]}.json")
+        if (run_dir / ".hydra").is_dir():
+            store(run_dir, runs_dir, out / "runs" / run_dir.name)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -445,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.runs = args.runs or Path("outputs") / args.table
     args.out = args.out or Path("results") / args.table
+    if (args.out / "runs").is_dir():  # the runs a fresh clone keeps only in results/
+        args.runs.mkdir(parents=True, exist_ok=True)
+        restore_all(args.out / "runs", args.runs)
     if not args.runs.is_dir():
         print(f"mamlrun: error: {args.runs} is not a directory (train first: make reproduce-table1)", file=sys.stderr)
         return 2
