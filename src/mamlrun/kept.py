@@ -21,6 +21,7 @@ from pathlib import Path
 LEDGER = "sessions.jsonl"  # beside each run directory: <run>.sessions.jsonl
 EVALUATIONS = "_eval"  # <runs>/_eval/<run>__it<N>/metrics.json: a tested checkpoint of an unfinished run
 CHECKPOINTS = ("last.pt", "best.pt")
+FIGURES = ("velocity.png", "velocity.json", "trajectories.png", "trajectories.json")  # a policy's adapted behaviour
 # (in the run directory, in the kept copy): the small files every table reads.
 RECORD = [
     (".hydra/config.yaml", "config.yaml"),
@@ -30,7 +31,7 @@ RECORD = [
     ("metrics.json", "test_metrics.json"),
     ("provenance.json", "provenance.json"),
     ("learning_curve.png", "learning_curve.png"),
-    *((name, name) for name in ("velocity.png", "velocity.json", "trajectories.png", "trajectories.json")),
+    *((name, name) for name in FIGURES),
 ]
 
 

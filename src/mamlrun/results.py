@@ -50,7 +50,7 @@ import torch
 import yaml
 
 from mamlrun import paper
-from mamlrun.kept import EVALUATIONS, evaluations, ledger_path, restore_all, store
+from mamlrun.kept import EVALUATIONS, FIGURES, evaluations, ledger_path, restore_all, store
 from mamlrun.paths import CHECKOUT
 from mamlrun.report import read_jsonl, with_ci
 
@@ -195,8 +195,8 @@ def rl_rows(runs_dir: Path, evaluate: bool = False) -> list[dict[str, Any]]:
     rows = []
     for run_dir in rl_run_dirs(runs_dir):
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-        kept = run_dir / ".hydra" / "hydra.yaml"  # absent from runs kept before it was (named <experiment>__<algo>)
-        hydra = yaml.safe_load(kept.read_text())["hydra"] if kept.is_file() else {}
+        record = run_dir / ".hydra" / "hydra.yaml"  # absent from runs kept before it was (named <experiment>__<algo>)
+        hydra = yaml.safe_load(record.read_text())["hydra"] if record.is_file() else {}
         named = run_dir.name.split("__")[0] if "__" in run_dir.name else ""
         experiment = hydra.get("runtime", {}).get("choices", {}).get("experiment") or named
         # A sweep's job: its command is the sweep file's with the job's overrides.
@@ -267,9 +267,8 @@ def write_rl(runs_dir: Path, out: Path, evaluate: bool = False) -> list[Path]:
     for run_dir in rl_run_dirs(runs_dir):
         # The adapted behaviour: the run's own figures (kept with its record), else those its tested checkpoint drew.
         evals = evaluations(run_dir, runs_dir)
-        drawn = [] if (run_dir / "metrics.json").is_file() or not evals else list(evals[-1].parent.glob("*.*"))
-        figures = tuple(f for f in drawn if f.name.startswith(("velocity.", "trajectories.")))
-        store(run_dir, runs_dir, out / "runs" / run_dir.name, figures)
+        drawn = [] if (run_dir / "metrics.json").is_file() or not evals else [evals[-1].parent / f for f in FIGURES]
+        store(run_dir, runs_dir, out / "runs" / run_dir.name, tuple(f for f in drawn if f.is_file()))
     return [out / "rl.csv", out / "rl.md"]
 
 
