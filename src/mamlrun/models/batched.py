@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mamlrun.models import batch_norm as fused
 from mamlrun.models.layers import BatchNorm, batch_norm
 
 LEAVES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.MaxPool2d, BatchNorm)
@@ -136,7 +137,7 @@ def layer_forward(
         w, b = params[prefix + "weight"], params[prefix + "bias"]
         if isinstance(x, Grouped) or x.dim() > 3:
             g = x if isinstance(x, Grouped) else Grouped.of(x)
-            out = F.batch_norm(g.data, None, None, w.reshape(-1), b.reshape(-1), True, 0.0, layer.eps)
+            out = fused.batch_norm(g.data, w.reshape(-1), b.reshape(-1), layer.eps)
             return Grouped(out, g.tasks)
         # [tasks, n, c]: statistics over dimension 1, per task and channel.
         return batch_norm(x, w.unsqueeze(1), b.unsqueeze(1), (1,), layer.eps)
