@@ -10,7 +10,8 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
 from mamlrun.models import MLP, Conv4
-from mamlrun.models.batched import Grouped, batched_forward, grouped_conv2d, layer_forward
+from mamlrun.models.batched import Grouped, batched_forward, layer_forward
+from mamlrun.models.convolution import grouped_conv2d
 from mamlrun.models.layers import BatchNorm
 
 
@@ -19,9 +20,12 @@ def _double(*shape, seed=0):
     return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
 
 
-@pytest.mark.parametrize(("size", "stride", "bias"), [(5, 2, True), (6, 2, False), (4, 1, True)])
-def test_grouped_conv_equals_per_task_conv_to_second_order(size, stride, bias):
-    tasks, n, cin, cout = 2, 2, 2, 2
+@pytest.mark.parametrize(
+    ("size", "stride", "bias", "tasks"),
+    [(5, 2, True, 2), (6, 2, False, 2), (4, 1, True, 2), (5, 2, True, 1), (6, 2, True, 3)],
+)
+def test_grouped_conv_equals_per_task_conv_to_second_order(size, stride, bias, tasks):
+    n, cin, cout = 2, 2, 2
     x = _double(n, tasks * cin, size, size, seed=1)
     w = _double(tasks * cout, cin, 3, 3, seed=2)
     b = _double(tasks * cout, seed=3) if bias else None
@@ -92,3 +96,24 @@ def test_batched_forward_equals_each_tasks_forward(model):
 def test_unsupported_layers_are_refused():
     with pytest.raises(TypeError, match="Tanh"):
         layer_forward(nn.Tanh(), {}, torch.zeros(2, 3, 4), "")
+
+
+@pytest.mark.parametrize("tasks", [1, 3])
+@pytest.mark.parametrize("differentiated", [(0,), (1,), (2,), (0, 1), (1, 2), (0, 1, 2)])
+def test_grouped_conv_second_order_term_equals_pytorchs_for_every_subset_of_inner_gradients(tasks, differentiated):
+    """A MAML-like use: a function of the gradient with respect to some inputs, differentiated again.
+
+    The inner gradients that are not taken leave cotangents undefined (``None``) in the closed-form
+    double backward; every branch must still give PyTorch's own second derivative.
+    """
+    x, w, b = _double(3, tasks * 2, 7, 7, seed=7), _double(tasks * 4, 2, 3, 3, seed=8), _double(tasks * 4, seed=9)
+    c = torch.randn(3, tasks * 4, 4, 4, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    results = []
+    for f in (grouped_conv2d, lambda *a: F.conv2d(*a[:6], a[6] * a[7])):
+        y = f(x, w, b, 2, 1, 1, tasks, 1)
+        loss = (y * c).sum() ** 2 / (1 + (y**3 * c).sum().abs())
+        inner = torch.autograd.grad(loss, [(x, w, b)[i] for i in differentiated], create_graph=True)
+        outer = sum((g * torch.sin(g)).sum() for g in inner)
+        results.append(torch.autograd.grad(outer, (x, w, b), allow_unused=True, materialize_grads=True))
+    for a, r in zip(*results):
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)

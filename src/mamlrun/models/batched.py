@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlrun.models import batch_norm as fused
+from mamlrun.models.convolution import grouped_conv2d
 from mamlrun.models.layers import BatchNorm, batch_norm
 
 LEAVES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.MaxPool2d, BatchNorm)
@@ -159,80 +160,3 @@ def layer_forward(
     if isinstance(layer, nn.Flatten):
         return x.flatten(2)
     raise TypeError(f"batched_forward does not support {type(layer).__name__}")
-
-
-TASKWISE_INPUT_GRAD = True
-
-
-def grouped_conv2d(x, weight, bias, stride, padding, dilation, tasks: int, groups: int = 1) -> torch.Tensor:
-    """All tasks' convolutions as one grouped convolution (``tasks * groups`` groups).
-
-    On CPU the input gradient is computed task by task (:class:`_TaskwiseInputGrad`): oneDNN's
-    backward-data kernel for many groups runs at a fraction of the speed of the same arithmetic as
-    one ungrouped transposed convolution per task, while its forward and weight-gradient kernels are
-    as fast as per-task ones. Elsewhere (CUDA: fewer kernel launches matter more) it is
-    ``F.conv2d`` as is.
-    """
-    if TASKWISE_INPUT_GRAD and x.device.type == "cpu" and x.requires_grad and tasks > 1:
-        return _TaskwiseInputGrad.apply(x, weight, bias, stride, padding, dilation, tasks, groups)
-    return F.conv2d(x, weight, bias, stride, padding, dilation, tasks * groups)
-
-
-class _TaskwiseInputGrad(torch.autograd.Function):
-    """A grouped convolution whose input gradient runs one transposed convolution per task.
-
-    The backward is written in differentiable operations (grouped weight gradient, per-task
-    ``conv_transpose2d``), so the convolution stays differentiable to any order (second-order
-    MAML differentiates through it).
-    """
-
-    @staticmethod
-    def forward(x, weight, bias, stride, padding, dilation, tasks, groups):
-        return F.conv2d(x, weight, bias, stride, padding, dilation, tasks * groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, _, stride, padding, dilation, tasks, groups = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (_pair(stride), _pair(padding), _pair(dilation), tasks, groups)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, tasks, groups = ctx.conf
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.ops.aten.convolution_backward(
-                grad_out,
-                x,
-                weight,
-                None,
-                stride,
-                padding,
-                dilation,
-                False,
-                [0, 0],
-                tasks * groups,
-                (False, True, False),
-            )[1]
-        if ctx.needs_input_grad[0]:
-            k = weight.shape[2:]
-            extra = [
-                x.shape[2 + i]
-                - ((grad_out.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
-                for i in range(2)
-            ]
-            grad_x = torch.cat(
-                [
-                    F.conv_transpose2d(g, w, None, stride, padding, extra, groups, dilation)
-                    for g, w in zip(grad_out.chunk(tasks, 1), weight.chunk(tasks, 0))
-                ],
-                1,
-            )
-        return grad_x, grad_w, grad_b, None, None, None, None, None
-
-
-def _pair(v) -> list[int]:
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
