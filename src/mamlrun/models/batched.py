@@ -9,8 +9,9 @@ this does the same arithmetic as ``vmap(functional_call)`` with less per-operati
 Image activations between convolutions stay in the *grouped* layout ``[n, tasks * channels, h, w]``
 (:class:`Grouped`): the layout a grouped convolution reads and writes, in which every task's
 channel is a channel of its own. Batch norm over each task's own examples is then PyTorch's fused
-batch norm over those channels (exact to any order of differentiation outside ``vmap``), and
-ReLU and pooling run on it unchanged; nothing is transposed or copied between layers.
+batch norm over those channels, and ReLU and pooling run on it unchanged; nothing is transposed
+or copied between layers. The convolutions (:mod:`mamlrun.models.convolution`) and batch norms
+(:mod:`mamlrun.models.batch_norm`) have closed-form second derivatives, exact to any order.
 
 Models built from the supported layers (``nn.Sequential`` of ``Linear``, ``Conv2d``, ``ReLU``,
 ``Flatten``, ``MaxPool2d`` and :class:`~mamlrun.models.layers.BatchNorm`, or any module defining
